@@ -1,0 +1,50 @@
+# Every set-up, test, demo and package step. `make test` works on a fresh Debian 12 machine.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PACKAGES := qgis python3-qgis qgis-providers gdal-bin python3-gdal python3-rasterio python3-scipy xvfb
+export QT_QPA_PLATFORM ?= offscreen
+
+.PHONY: help system venv test test-unit lint bench clean
+
+help:
+	@echo "make test   install what is missing, then lint and run all tests"
+	@echo "make lint   ruff over the code"
+	@echo "make bench  engine memory and throughput figures"
+
+# apt only when a package is missing, so a second run costs nothing.
+system:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt | system
+	[ -x $(PY) ] || /usr/bin/python3 -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=23"
+	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -c "import numpy, torch, rasterio, shapely, safetensors; from osgeo import gdal; assert int(numpy.__version__.split('.')[0]) < 2"
+	touch $@
+
+venv: system $(VENV)/.installed
+
+lint: venv
+	$(PY) -m ruff check landcover_plugin scripts tests
+
+test-unit: venv
+	$(PY) -m pytest -q tests/unit
+
+test: venv lint
+	$(PY) -m pytest -q tests
+
+bench: venv
+	$(PY) scripts/bench.py memory
+	$(PY) scripts/bench.py throughput
+
+clean:
+	rm -rf $(VENV) dist build .pytest_cache .ruff_cache

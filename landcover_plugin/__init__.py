@@ -1,0 +1,1 @@
+"""QGIS plugin for land-cover mapping with a U-Net."""

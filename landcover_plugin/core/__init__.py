@@ -1,0 +1,5 @@
+"""The land-cover engine: plain numpy, torch, rasterio and shapely, never qgis.
+
+torch is imported lazily by the modules that need it, so that importing this
+package (for example from the QGIS plugin on a QGIS without torch) always works.
+"""

@@ -1,0 +1,245 @@
+"""The model file: one .safetensors file with our JSON metadata under the key "landcover".
+
+Loading parses the safetensors header ourselves before anything else, so a pickle,
+a zip checkpoint or random bytes are refused with a clear sentence and nothing in
+the file is ever executed (safetensors holds raw tensors only).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass, field, replace
+
+from .classes import LandClass, parse_classes
+from .errors import ModelFileError
+
+FORMAT_VERSION = 1
+METADATA_KEY = "landcover"
+ARCHITECTURES = ("unet",)
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything the engine needs to know about a model besides its weights."""
+
+    classes: tuple[LandClass, ...]
+    bands: tuple[int, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    base_width: int = 32
+    depth: int = 4
+    architecture: str = "unet"
+    gsd: float | None = None
+    tile_size: int = 512
+    overlap: int = 64
+    training: dict = field(default_factory=dict)
+    name: str = "land-cover U-Net"
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.bands)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def with_training(self, **info) -> "ModelSpec":
+        return replace(self, training={**self.training, **info})
+
+    def to_dict(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "architecture": {
+                "name": self.architecture,
+                "in_channels": self.in_channels,
+                "num_classes": self.num_classes,
+                "base_width": self.base_width,
+                "depth": self.depth,
+            },
+            "classes": [c.to_dict() for c in self.classes],
+            "input": {"bands": list(self.bands), "mean": list(self.mean), "std": list(self.std)},
+            "gsd": self.gsd,
+            "tile_size": self.tile_size,
+            "overlap": self.overlap,
+            "training": self.training,
+        }
+
+    @classmethod
+    def from_dict(cls, doc) -> "ModelSpec":
+        return _parse_spec(doc)
+
+
+def build_network(spec: ModelSpec):
+    from .unet import UNet
+
+    return UNet(spec.in_channels, spec.num_classes, spec.base_width, spec.depth)
+
+
+def save_model(path: str, network, spec: ModelSpec) -> None:
+    """Write weights and metadata; the file appears whole or not at all."""
+    from safetensors.torch import save_file
+
+    _parse_spec(spec.to_dict())  # never write a file we would refuse to load
+    state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        save_file(state, tmp, metadata={METADATA_KEY: json.dumps(spec.to_dict())})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def read_spec(path: str) -> ModelSpec:
+    """Read and validate only the metadata (fast; no tensors are loaded)."""
+    header = _read_header(path)
+    meta = header.get("__metadata__")
+    if not isinstance(meta, dict) or METADATA_KEY not in meta:
+        raise ModelFileError(
+            f"{_name(path)} is a safetensors file but not a land-cover model: "
+            f"it has no \"{METADATA_KEY}\" metadata.")
+    try:
+        doc = json.loads(meta[METADATA_KEY])
+    except (TypeError, ValueError):
+        raise ModelFileError(f"The \"{METADATA_KEY}\" metadata of {_name(path)} is not valid JSON.") from None
+    return _parse_spec(doc, _name(path))
+
+
+def load_model(path: str):
+    """Return (network in eval mode on the CPU, ModelSpec), or raise ModelFileError."""
+    spec = read_spec(path)
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(path, device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ModelFileError(f"The weights in {_name(path)} cannot be read ({exc}).") from None
+    network = build_network(spec)
+    expected = network.state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    if missing or extra or wrong:
+        detail = (f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}" if extra
+                  else f"wrong shape for {wrong[:3]}")
+        raise ModelFileError(
+            f"The weights in {_name(path)} do not match its declared architecture "
+            f"(unet, base width {spec.base_width}, depth {spec.depth}, {spec.in_channels} bands, "
+            f"{spec.num_classes} classes): {detail}.")
+    network.load_state_dict(state, strict=True)
+    network.eval()
+    return network, spec
+
+
+def _name(path: str) -> str:
+    return f"\"{os.path.basename(path)}\""
+
+
+def _read_header(path: str) -> dict:
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise ModelFileError(f"{_name(path)} is too short to be a safetensors model file.")
+            if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+                raise ModelFileError(
+                    f"{_name(path)} is a pickle or PyTorch checkpoint, which is never loaded because it can "
+                    "run code; convert it to a .safetensors model file.")
+            (n,) = struct.unpack("<Q", head)
+            if n == 0 or n > min(_MAX_HEADER, size - 8):
+                raise ModelFileError(f"{_name(path)} is not a safetensors model file.")
+            raw = fh.read(n)
+    except OSError as exc:
+        raise ModelFileError(f"The model file {_name(path)} cannot be read ({exc.strerror}).") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise ModelFileError(f"{_name(path)} is not a safetensors model file (its header is not JSON).") from None
+    if not isinstance(header, dict):
+        raise ModelFileError(f"{_name(path)} is not a safetensors model file.")
+    return header
+
+
+def _int(doc, key, where, lo=None, hi=None) -> int:
+    v = doc.get(key) if isinstance(doc, dict) else None
+    if not isinstance(v, int) or isinstance(v, bool) or (lo is not None and v < lo) or (hi is not None and v > hi):
+        bound = f" from {lo} to {hi}" if hi is not None else f" of at least {lo}" if lo is not None else ""
+        raise ModelFileError(f"The model metadata needs \"{key}\" in {where} as an integer{bound}.")
+    return v
+
+
+def _numbers(values, n, what) -> tuple[float, ...]:
+    if (not isinstance(values, list) or len(values) != n
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)):
+        raise ModelFileError(f"The model metadata needs input.{what} as a list of {n} numbers, one per band.")
+    return tuple(float(v) for v in values)
+
+
+def _parse_spec(doc, where: str = "model file") -> ModelSpec:
+    if not isinstance(doc, dict):
+        raise ModelFileError(f"The metadata of {where} is not a JSON object.")
+    version = doc.get("format_version")
+    if version != FORMAT_VERSION:
+        if isinstance(version, int) and version > FORMAT_VERSION:
+            raise ModelFileError(f"{where} uses model format {version}; update the plugin to read it.")
+        raise ModelFileError(f"The metadata of {where} has no valid format_version (expected {FORMAT_VERSION}).")
+    arch = doc.get("architecture")
+    if not isinstance(arch, dict) or arch.get("name") not in ARCHITECTURES:
+        raise ModelFileError(f"{where} declares an unknown architecture; supported: {', '.join(ARCHITECTURES)}.")
+    in_ch = _int(arch, "in_channels", "architecture", 1, 64)
+    n_cls = _int(arch, "num_classes", "architecture", 1, 255)
+    base = _int(arch, "base_width", "architecture", 1, 1024)
+    depth = _int(arch, "depth", "architecture", 1, 7)
+    classes = parse_classes(doc.get("classes"), where)
+    if len(classes) != n_cls:
+        raise ModelFileError(f"{where} declares {n_cls} classes but lists {len(classes)}.")
+    inp = doc.get("input")
+    if not isinstance(inp, dict):
+        raise ModelFileError(f"The metadata of {where} has no \"input\" section (bands, mean, std).")
+    bands = inp.get("bands")
+    if (not isinstance(bands, list) or len(bands) != in_ch
+            or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in bands)):
+        raise ModelFileError(f"The model metadata needs input.bands as {in_ch} band numbers (1-based).")
+    mean = _numbers(inp.get("mean"), in_ch, "mean")
+    std = _numbers(inp.get("std"), in_ch, "std")
+    if any(s <= 0 for s in std):
+        raise ModelFileError("The model metadata has a zero or negative input.std.")
+    gsd = doc.get("gsd")
+    if gsd is not None and (not isinstance(gsd, (int, float)) or isinstance(gsd, bool) or not 0 < gsd < 1e6):
+        raise ModelFileError("The model metadata's gsd must be a positive number of metres or null.")
+    tile = _int(doc, "tile_size", "the metadata", 2 ** depth, 8192)
+    overlap = _int(doc, "overlap", "the metadata", 0, tile // 2 - 1)
+    training = doc.get("training", {})
+    if not isinstance(training, dict):
+        raise ModelFileError("The model metadata's training section must be an object.")
+    name = doc.get("name") if isinstance(doc.get("name"), str) else "land-cover U-Net"
+    return ModelSpec(classes=classes, bands=tuple(bands), mean=mean, std=std, base_width=base, depth=depth,
+                     gsd=float(gsd) if gsd is not None else None, tile_size=tile, overlap=overlap,
+                     training=training, name=name)
+
+
+DEFAULT_MODEL_NAME = "landcover_default.safetensors"
+
+
+def default_model_path() -> str:
+    """Where the bundled default model lives inside the plugin."""
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", DEFAULT_MODEL_NAME)
+
+
+def resolve_model_path(path: str | None) -> str:
+    """The given model file, or the bundled default; ModelFileError when there is none."""
+    if path:
+        if not os.path.isfile(path):
+            raise ModelFileError(f"The model file {path} does not exist.")
+        return path
+    default = default_model_path()
+    if not os.path.isfile(default):
+        raise ModelFileError("No bundled default model is installed; give a model file "
+                             "(train one with scripts/train.py).")
+    return default

@@ -1,0 +1,94 @@
+"""Read canvas windows (mirrored beyond the image edges) from a rasterio dataset.
+
+A `WindowReader` sees the processed region (the whole raster or an extent) in the
+model's pixel space: when the model's ground resolution differs from the raster's,
+windows are resampled on the fly with a scale factor `scale` (model pixels per
+raster pixel).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from rasterio.enums import Resampling
+from rasterio.windows import Window
+
+from .windows import reflect_index
+
+
+@dataclass(frozen=True)
+class Region:
+    """The processed part of the raster, in raster pixels."""
+
+    col_off: int
+    row_off: int
+    width: int
+    height: int
+
+    @property
+    def window(self) -> Window:
+        return Window(self.col_off, self.row_off, self.width, self.height)
+
+
+class WindowReader:
+    def __init__(self, dataset, bands, region: Region, scale: float, fill: np.ndarray):
+        self.ds, self.bands, self.region, self.scale = dataset, list(bands), region, scale
+        self.width = max(1, round(region.width * scale))
+        self.height = max(1, round(region.height * scale))
+        self.fill = np.asarray(fill, np.float32).reshape(-1, 1, 1)
+        self._masked = _has_mask(dataset, self.bands)
+
+    def read(self, y: int, x: int, tile: int) -> tuple[np.ndarray, bool]:
+        """(bands x tile x tile float32 window at canvas (y, x), whether any pixel is valid).
+
+        Masked pixels are set to the band means so that they look neutral to the
+        network after normalisation.
+        """
+        iy = reflect_index(np.arange(y, y + tile), self.height)
+        ix = reflect_index(np.arange(x, x + tile), self.width)
+        y0, y1, x0, x1 = int(iy.min()), int(iy.max()) + 1, int(ix.min()), int(ix.max()) + 1
+        data, valid = self._read_box(y0, x0, y1 - y0, x1 - x0)
+        if not (y0 == y and x0 == x and y1 - y0 == tile and x1 - x0 == tile):
+            data = data[:, iy - y0][:, :, ix - x0]
+            valid = valid[iy - y0][:, ix - x0] if valid is not None else None
+        data = data.astype(np.float32, copy=False)
+        if valid is None:
+            return data, True
+        if not valid.any():
+            return data, False
+        if not valid.all():
+            data = np.where(valid[None], data, self.fill)
+        return data, True
+
+    def _read_box(self, y: int, x: int, h: int, w: int):
+        r = self.region
+        if self.scale == 1.0:
+            win = Window(r.col_off + x, r.row_off + y, w, h)
+            data = self.ds.read(self.bands, window=win)
+            valid = self.ds.read_masks(self.bands, window=win).min(axis=0) > 0 if self._masked else None
+            return data, valid
+        s = self.scale
+        win = Window(r.col_off + x / s, r.row_off + y / s, w / s, h / s)
+        data = self.ds.read(self.bands, window=win, out_shape=(len(self.bands), h, w),
+                            resampling=Resampling.bilinear)
+        valid = None
+        if self._masked:
+            m = self.ds.read_masks(self.bands, window=win, out_shape=(len(self.bands), h, w),
+                                   resampling=Resampling.nearest)
+            valid = m.min(axis=0) > 0
+        return data, valid
+
+
+def _has_mask(ds, bands) -> bool:
+    """False when GDAL reports every band as all-valid, so masks need not be read at all."""
+    from rasterio.enums import MaskFlags
+
+    return any(MaskFlags.all_valid not in ds.mask_flag_enums[b - 1] for b in bands)
+
+
+def read_valid(ds, bands, region: Region, row0: int, nrows: int) -> np.ndarray | None:
+    """Validity of rows row0.. of the region, in raster pixels; None when all are valid."""
+    if not _has_mask(ds, bands):
+        return None
+    win = Window(region.col_off, region.row_off + row0, region.width, nrows)
+    return ds.read_masks(list(bands), window=win).min(axis=0) > 0

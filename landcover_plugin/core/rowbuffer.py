@@ -1,0 +1,47 @@
+"""Collect finished rows and write them to rasters in whole block rows.
+
+Writing each block of a compressed GeoTIFF exactly once keeps files compact and
+avoids GDAL re-reading half-written blocks; the buffer holds at most one block row
+plus one strip of rows, for the full width.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+# write(row0, [array of shape (bands, rows, width) for each layer])
+Writer = Callable[[int, list], None]
+
+
+class RowBuffer:
+    def __init__(self, width: int, height: int, block: int, max_rows: int,
+                 layers: Sequence[tuple[int, object, object]], write: Writer):
+        """layers: (bands, dtype, fill) of each array kept, e.g. labels and confidence."""
+        self.height, self.block = height, block
+        self.bufs = [np.full((b, block + max_rows, width), fill, dtype) for b, dtype, fill in layers]
+        self.fills = [fill for _, _, fill in layers]
+        self.row0 = 0  # image row held at index 0 of the buffers
+        self.write = write
+
+    def put(self, row: int, col: int, values: Sequence[np.ndarray]) -> None:
+        r = row - self.row0
+        for buf, v in zip(self.bufs, values):
+            rows = v.shape[-2]
+            if r < 0 or r + rows > buf.shape[1]:
+                raise RuntimeError("rows put outside the buffered range")
+            buf[:, r:r + rows, col:col + v.shape[-1]] = v
+
+    def done_until(self, row_end: int) -> None:
+        """Rows before row_end are final: write every complete block row among them."""
+        upto = self.height if row_end >= self.height else (row_end // self.block) * self.block
+        n = upto - self.row0
+        if n <= 0:
+            return
+        self.write(self.row0, [buf[:, :n] for buf in self.bufs])
+        keep = max(0, row_end - upto)
+        for buf, fill in zip(self.bufs, self.fills):
+            if keep:
+                buf[:, :keep] = buf[:, n:n + keep]
+            buf[:, keep:] = fill
+        self.row0 = upto

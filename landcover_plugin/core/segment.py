@@ -1,0 +1,330 @@
+"""Classify a raster with a model file: the one call behind the plugin and the scripts."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.windows import Window
+
+from . import outputs
+from .blend import StripBlender
+from .classes import NODATA_CLASS
+from .device import auto_batch, describe, resolve_device, torch_or_error
+from .errors import Cancelled, InputError
+from .geo import ground_geometry
+from .model_file import ModelSpec, load_model, resolve_model_path
+from .reader import Region, WindowReader, read_valid
+from .rowbuffer import RowBuffer
+from .windows import blend_weights, window_grid
+
+logger = logging.getLogger("landcover")
+GSD_TOLERANCE = 0.10
+MIN_TILE = 32
+
+
+@dataclass
+class SegmentOptions:
+    bands: tuple[int, ...] | None = None  # 1-based, in the order the model expects
+    extent: tuple[float, float, float, float] | None = None  # xmin, ymin, xmax, ymax in the raster's CRS
+    tile_size: int | None = None
+    overlap: int | None = None
+    batch_size: int = 0  # 0: choose for the device
+    device: str = "auto"
+    tta: bool = False
+    min_area: float = 0.0  # square ground units; smaller regions join their neighbours
+    simplify: float = 0.0  # polygon simplification tolerance in map units
+
+
+@dataclass
+class SegmentResult:
+    class_path: str
+    confidence_path: str | None
+    vector_path: str | None
+    spec: ModelSpec
+    device: str
+    batch_size: int
+    tile_size: int
+    overlap: int
+    scale: float
+    width: int
+    height: int
+    seconds: float
+    inference_seconds: float
+    areas: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+
+    @property
+    def megapixels(self) -> float:
+        return self.width * self.height / 1e6
+
+    @property
+    def mp_per_s(self) -> float:
+        return self.megapixels / max(self.inference_seconds, 1e-9)
+
+
+Progress = Callable[[float], None]
+Cancel = Callable[[], bool]
+Log = Callable[[str], None]
+
+
+def segment(input_path: str, class_path: str, model=None, confidence_path: str | None = None,
+            vector_path: str | None = None, options: SegmentOptions | None = None,
+            progress: Progress | None = None, cancel: Cancel | None = None, log: Log | None = None) -> SegmentResult:
+    """Classify `input_path` and write the class raster (and confidence raster and polygons).
+
+    `model` is a model file path, None for the bundled default, or a (network, ModelSpec) pair.
+    Outputs appear together at the end or not at all.
+    """
+    opts = options or SegmentOptions()
+    log = log or logger.info
+    progress = progress or (lambda f: None)
+    cancel = cancel or (lambda: False)
+    start = time.perf_counter()
+    network, spec = model if isinstance(model, tuple) else load_model(resolve_model_path(model))
+    files = outputs.OutputSet()
+    try:
+        with rasterio.open(input_path) as src, rasterio.open(input_path) as mask_src:
+            job = _Job(src, mask_src, spec, opts, log)
+            tmp_class = files.temp_for(class_path)
+            tmp_conf = files.temp_for(confidence_path) if confidence_path else None
+            share = 0.85 if vector_path else 1.0
+            t0 = time.perf_counter()
+            device, batch = job.run(network, tmp_class, tmp_conf, files, lambda f: progress(share * f), cancel)
+            infer_s = time.perf_counter() - t0
+        outputs.set_category_names(tmp_class, spec.classes)
+        from .areas import class_areas
+        from .vectorize import sieve
+
+        if opts.min_area > 0:
+            sieve(tmp_class, job.geometry.pixels_for_area(opts.min_area))
+        if vector_path:
+            from .vectorize import vectorize
+
+            vectorize(tmp_class, tmp_conf, files.temp_for(vector_path), spec.classes, job.geometry,
+                      simplify=opts.simplify, cancel=cancel, progress=lambda f: progress(share + (1 - share) * f))
+        areas = class_areas(tmp_class, spec.classes, job.geometry)
+        if cancel():
+            raise Cancelled("Cancelled; no output was written.")
+        files.commit()
+    except BaseException:
+        files.discard()
+        raise
+    progress(1.0)
+    result = SegmentResult(class_path, confidence_path, vector_path, spec, device, batch, job.tile, job.overlap,
+                           job.scale, job.region.width, job.region.height, time.perf_counter() - start, infer_s,
+                           areas, job.warnings)
+    log(f"Classified {result.megapixels:.2f} MP in {infer_s:.1f} s on {device}: {result.mp_per_s:.2f} MP/s "
+        f"(batch {batch}, tile {job.tile}, overlap {job.overlap}); whole job {result.seconds:.1f} s.")
+    return result
+
+
+class _Job:
+    """Checks the inputs against the model and runs the blended sliding window."""
+
+    def __init__(self, src, mask_src, spec: ModelSpec, opts: SegmentOptions, log: Log):
+        self.src, self.mask_src, self.spec, self.opts, self.log = src, mask_src, spec, opts, log
+        self.warnings: list[str] = []
+        self.bands = self._bands()
+        self.region = self._region()
+        self.transform = src.window_transform(self.region.window)
+        self.geometry = ground_geometry(src.crs, self.transform, self.region.height)
+        if src.crs is None:
+            self._warn("The raster has no CRS: outputs are in pixel units and the model's ground resolution "
+                       "cannot be checked.")
+        self.scale = self._scale()
+        self.tile, self.overlap = self._tiling()
+
+    def _warn(self, msg: str) -> None:
+        self.warnings.append(msg)
+        self.log("Warning: " + msg)
+
+    def _bands(self) -> tuple[int, ...]:
+        n = self.src.count
+        bands = tuple(self.opts.bands) if self.opts.bands else self.spec.bands
+        if len(bands) != self.spec.in_channels:
+            raise InputError(f"The model expects {self.spec.in_channels} input bands but {len(bands)} were chosen; "
+                             f"choose {self.spec.in_channels} bands.")
+        bad = [b for b in bands if not 1 <= b <= n]
+        if bad:
+            raise InputError(f"Band {bad[0]} does not exist: the raster has {n} band(s); choose bands from 1 to {n} "
+                             f"({self.spec.in_channels} of them, in the order the model expects).")
+        return bands
+
+    def _region(self) -> Region:
+        w, h = self.src.width, self.src.height
+        if not self.opts.extent:
+            return Region(0, 0, w, h)
+        xmin, ymin, xmax, ymax = self.opts.extent
+        if not (xmax > xmin and ymax > ymin):
+            raise InputError("The extent is empty; give xmin < xmax and ymin < ymax.")
+        win = rasterio.windows.from_bounds(xmin, ymin, xmax, ymax, transform=self.src.transform)
+        c0, r0 = max(0, math.floor(win.col_off + 1e-9)), max(0, math.floor(win.row_off + 1e-9))
+        c1 = min(w, math.ceil(win.col_off + win.width - 1e-9))
+        r1 = min(h, math.ceil(win.row_off + win.height - 1e-9))
+        if c1 <= c0 or r1 <= r0:
+            raise InputError("The extent does not overlap the raster; choose an extent inside the layer "
+                             "(in the layer's CRS).")
+        return Region(c0, r0, c1 - c0, r1 - r0)
+
+    def _scale(self) -> float:
+        model_gsd, raster_gsd = self.spec.gsd, self.geometry.gsd
+        if not model_gsd or not raster_gsd:
+            return 1.0
+        ratio = raster_gsd / model_gsd
+        if abs(ratio - 1.0) <= GSD_TOLERANCE:
+            return 1.0
+        self.log(f"The raster's resolution is {raster_gsd:.3g} m and the model's {model_gsd:.3g} m: "
+                 f"windows are resampled by {ratio:.3g}.")
+        return ratio
+
+    def _tiling(self) -> tuple[int, int]:
+        tile = self.opts.tile_size or self.spec.tile_size
+        overlap = self.spec.overlap if self.opts.overlap is None else self.opts.overlap
+        if tile < MIN_TILE:
+            raise InputError(f"The tile size must be at least {MIN_TILE} pixels.")
+        if overlap < 0 or overlap * 2 >= tile:
+            raise InputError(f"The overlap ({overlap}) must be at least 0 and less than half the tile size ({tile}).")
+        return tile, overlap
+
+    def run(self, network, class_path, conf_path, files, progress: Progress, cancel: Cancel):
+        torch_or_error()
+        device = resolve_device(self.opts.device)
+        batch = self.opts.batch_size or auto_batch(device, self.tile, self.spec.base_width)
+        if batch < 0:
+            raise InputError("The batch size must be 0 (automatic) or positive.")
+        self.log(f"Device {describe(device)}, batch size {batch}, tile {self.tile}, overlap {self.overlap}, "
+                 f"{self.region.width} x {self.region.height} pixels.")
+        from .predictor import Predictor
+
+        spec, region = self.spec, self.region
+        reader = WindowReader(self.src, self.bands, region, self.scale, spec.mean)
+        predictor = Predictor(network, spec.mean, spec.std, blend_weights(self.tile, self.overlap), device,
+                              batch, self.opts.tta)
+        ids = np.array([c.id for c in spec.classes], np.uint8)
+        grid = dict(width=region.width, height=region.height, crs=self.src.crs, transform=self.transform)
+        with rasterio.open(class_path, "w", **outputs.class_profile(**grid)) as cls_ds, \
+                _open_optional(conf_path, outputs.confidence_profile(**grid)) as conf_ds:
+            outputs.write_class_styling(cls_ds, spec.classes)
+            cls_ds.update_tags(MODEL=spec.name, DEVICE=device.type, TILE_SIZE=self.tile, OVERLAP=self.overlap)
+            final = _LabelWriter(ids, cls_ds, conf_ds, lambda r, n: read_valid(self.mask_src, self.bands, region, r, n))
+            if self.scale == 1.0:
+                self._slide(reader, predictor, final.sink(region.width, region.height, self.tile), progress, cancel)
+            else:
+                prob_path = files.scratch(os.path.dirname(os.path.abspath(class_path)), ".tif")
+                prob_profile = outputs.geotiff_profile(reader.width, reader.height, None, rasterio.Affine.identity(),
+                                                       "uint8", None, count=len(ids))
+                with rasterio.open(prob_path, "w", **prob_profile) as prob_ds:
+                    self._slide(reader, predictor, _prob_sink(prob_ds, reader.width, reader.height, self.tile),
+                                progress, cancel)
+                with rasterio.open(prob_path) as prob_ds:
+                    final.from_probabilities(prob_ds, region.width, region.height, self.scale, cancel)
+        return describe(device), predictor.batch_size
+
+    def _slide(self, reader: WindowReader, predictor, sink, progress: Progress, cancel: Cancel) -> None:
+        put, done_until = sink
+        ys, xs = window_grid(reader.height, reader.width, self.tile, self.overlap)
+        blender = StripBlender(reader.height, reader.width, self.spec.num_classes, self.tile, self.overlap, ys, xs,
+                               put, done_until)
+        order = [(k, j) for k in range(len(ys)) for j in range(len(xs))]
+        batches = [order[i:i + predictor.batch_size] for i in range(0, len(order), predictor.batch_size)]
+
+        def load(batch):
+            return [(k, j, *reader.read(int(ys[k]), int(xs[j]), self.tile)) for k, j in batch]
+
+        # The next batch is read while the network runs on this one (GDAL releases the GIL).
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(load, batches[0])
+            done = 0
+            for i in range(len(batches)):
+                items = pending.result()
+                if i + 1 < len(batches):
+                    pending = pool.submit(load, batches[i + 1])
+                if cancel():
+                    raise Cancelled("Cancelled; no output was written.")
+                valid = [data for _, _, data, ok in items if ok]
+                scores = iter(predictor(np.stack(valid)) if valid else ())
+                for k, j, _, ok in items:
+                    blender.add(k, j, next(scores) if ok else None)
+                done += len(items)
+                progress(done / len(order))
+
+
+def _open_optional(path, profile):
+    return rasterio.open(path, "w", **profile) if path else contextlib.nullcontext(None)
+
+
+def _prob_sink(ds, width, height, tile):
+    """Probabilities (0..255) on the model's grid, for resampling onto the raster's grid."""
+
+    def write(row0, arrays):
+        ds.write(arrays[0], window=Window(0, row0, width, arrays[0].shape[1]))
+
+    buf = RowBuffer(width, height, outputs.BLOCK, tile, [(ds.count, np.uint8, 0)], write)
+
+    def put(r, c, scores):
+        buf.put(r, c, [np.clip(np.rint(scores * 255), 0, 255).astype(np.uint8)])
+
+    return put, buf.done_until
+
+
+class _LabelWriter:
+    """Turns blended probabilities into class ids and confidence, masking invalid pixels."""
+
+    def __init__(self, ids: np.ndarray, cls_ds, conf_ds, valid):
+        self.ids, self.cls_ds, self.conf_ds, self.valid = ids, cls_ds, conf_ds, valid
+
+    def write(self, row0: int, col0: int, labels: np.ndarray, conf: np.ndarray | None) -> None:
+        rows, cols = labels.shape
+        valid = self.valid(row0, rows)
+        if valid is not None:
+            valid = valid[:, col0:col0 + cols]
+            labels = np.where(valid, labels, NODATA_CLASS).astype(np.uint8)
+        win = Window(col0, row0, cols, rows)
+        self.cls_ds.write(labels, 1, window=win)
+        if self.conf_ds is not None:
+            if valid is not None:
+                conf = np.where(valid, conf, outputs.CONFIDENCE_NODATA)
+            self.conf_ds.write(conf.astype(np.float32), 1, window=win)
+
+    def sink(self, width, height, tile):
+        with_conf = self.conf_ds is not None
+
+        def write(row0, arrays):
+            self.write(row0, 0, self.ids[arrays[0][0]], arrays[1][0] if with_conf else None)
+
+        layers = [(1, np.uint8, 0)] + ([(1, np.float32, 0.0)] if with_conf else [])
+        buf = RowBuffer(width, height, outputs.BLOCK, tile, layers, write)
+
+        def put(r, c, scores):
+            values = [scores.argmax(axis=0).astype(np.uint8)[None]]
+            if with_conf:
+                values.append(scores.max(axis=0)[None])
+            buf.put(r, c, values)
+
+        return put, buf.done_until
+
+    def from_probabilities(self, prob_ds, width, height, scale, cancel: Cancel, chunk: int = 2048) -> None:
+        """Resample model-grid probabilities bilinearly onto the raster grid, block by block."""
+        n = prob_ds.count
+        for r0 in range(0, height, outputs.BLOCK):
+            if cancel():
+                raise Cancelled("Cancelled; no output was written.")
+            rows = min(outputs.BLOCK, height - r0)
+            for c0 in range(0, width, chunk):
+                cols = min(chunk, width - c0)
+                # rounding of the model grid's size can put the last window a hair outside it
+                x, y = c0 * scale, r0 * scale
+                win = Window(x, y, min(cols * scale, prob_ds.width - x), min(rows * scale, prob_ds.height - y))
+                p = prob_ds.read(window=win, out_shape=(n, rows, cols), resampling=Resampling.bilinear,
+                                 boundless=False)
+                conf = p.max(axis=0).astype(np.float32) / 255.0
+                self.write(r0, c0, self.ids[p.argmax(axis=0)], conf)

@@ -1,0 +1,227 @@
+"""Class raster to land-cover polygons, in bounded memory.
+
+GDAL does the pixel work, streaming by scanlines: SieveFilter merges small regions
+into their largest neighbour, Polygonize traces each 4-connected region of one
+class into a scratch GeoPackage on disk. The regions are then burnt back as ids so
+that area and mean confidence per polygon come from one pass over the rasters.
+Simplification uses GEOS's coverage simplification, which simplifies each edge
+shared by two polygons once, so neighbours keep sharing their boundaries.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .classes import NODATA_CLASS
+from .errors import Cancelled, InputError
+from .geo import GroundGeometry
+
+ROWS_PER_READ = 256
+LAYER = "landcover"
+
+
+@dataclass(frozen=True)
+class Region:
+    wkb: bytes
+    class_id: int
+    class_name: str
+    area: float
+    confidence: float | None
+
+
+def _gdal():
+    try:
+        from osgeo import gdal, ogr, osr
+    except ImportError:
+        raise InputError("Polygons need GDAL's Python bindings (osgeo); install python3-gdal or the gdal "
+                         "package that matches your GDAL.") from None
+    gdal.UseExceptions()
+    ogr.UseExceptions()
+    return gdal, ogr, osr
+
+
+def sieve(class_path: str, min_pixels: int) -> None:
+    """Merge regions smaller than min_pixels into their largest neighbour, in place; nodata stays."""
+    if min_pixels <= 1:
+        return
+    gdal, _, _ = _gdal()
+    ds = gdal.Open(class_path, gdal.GA_Update)
+    band = ds.GetRasterBand(1)
+    gdal.SieveFilter(band, band.GetMaskBand(), band, int(min_pixels), 4)
+    ds.FlushCache()
+    ds = None
+
+
+@contextmanager
+def regions(class_path: str, conf_path: str | None, classes, geometry: GroundGeometry, simplify: float = 0.0,
+            cancel: Callable[[], bool] | None = None,
+            progress: Callable[[float], None] | None = None) -> Iterator[Iterator[Region]]:
+    """Context giving an iterator of Region records, one per 4-connected region of one class."""
+    gdal, ogr, _ = _gdal()
+    cancel = cancel or (lambda: False)
+    progress = progress or (lambda f: None)
+    names = {c.id: c.name for c in classes}
+    folder = os.path.dirname(os.path.abspath(class_path))
+    tag = uuid.uuid4().hex[:8]
+    vec_path = os.path.join(folder, f".landcover-regions-{tag}.gpkg")
+    id_path = os.path.join(folder, f".landcover-ids-{tag}.tif")
+    cls_ds = vec_ds = None
+    try:
+        cls_ds = gdal.Open(class_path)
+        band = cls_ds.GetRasterBand(1)
+        vec_ds = ogr.GetDriverByName("GPKG").CreateDataSource(vec_path)
+        layer = vec_ds.CreateLayer("regions", srs=cls_ds.GetSpatialRef(), geom_type=ogr.wkbPolygon)
+        layer.CreateField(ogr.FieldDefn("class_id", ogr.OFTInteger))
+
+        def step(frac, _msg, _data):
+            progress(0.4 * frac)
+            return 0 if cancel() else 1
+
+        try:
+            gdal.Polygonize(band, band.GetMaskBand(), layer, 0, [], callback=step)
+        except RuntimeError:
+            if cancel():
+                raise Cancelled("Cancelled; no output was written.") from None
+            raise
+        layer.SyncToDisk()
+        stats = _region_stats(gdal, cls_ds, layer, conf_path, id_path, geometry, cancel)
+        progress(0.8)
+        yield _records(layer, stats, names, simplify)
+        progress(1.0)
+    finally:
+        vec_ds = cls_ds = None
+        for p in (vec_path, vec_path + "-wal", vec_path + "-shm", id_path):
+            if os.path.exists(p):
+                os.remove(p)
+
+
+def _region_stats(gdal, cls_ds, layer, conf_path, id_path, geometry, cancel):
+    """Area and confidence sums per feature id, from the regions burnt back as ids."""
+    w, h = cls_ds.RasterXSize, cls_ds.RasterYSize
+    ids = gdal.GetDriverByName("GTiff").Create(id_path, w, h, 1, gdal.GDT_Int32,
+                                               ["TILED=YES", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER"])
+    ids.SetGeoTransform(cls_ds.GetGeoTransform())
+    if cls_ds.GetSpatialRef() is not None:
+        ids.SetSpatialRef(cls_ds.GetSpatialRef())
+    # Polygonize ran with 4-connectivity on pixel edges, so every pixel centre lies
+    # inside exactly one polygon: burning FIDs gives back each region exactly.
+    fid_max = _burn_fids(gdal, ids, layer) + 1
+    area = np.zeros(fid_max)
+    conf = np.zeros(fid_max)
+    conf_ds = gdal.Open(conf_path) if conf_path else None
+    id_band = ids.GetRasterBand(1)
+    for r0 in range(0, h, ROWS_PER_READ):
+        if cancel():
+            raise Cancelled("Cancelled; no output was written.")
+        rows = min(ROWS_PER_READ, h - r0)
+        fid = id_band.ReadAsArray(0, r0, w, rows).ravel()
+        keep = fid > 0
+        fid = fid[keep]
+        pa = np.broadcast_to(geometry.pixel_areas(r0, rows)[:, None], (rows, w)).ravel()[keep]
+        area += np.bincount(fid, weights=pa, minlength=fid_max)
+        if conf_ds is not None:
+            c = conf_ds.GetRasterBand(1).ReadAsArray(0, r0, w, rows).ravel()[keep]
+            conf += np.bincount(fid, weights=c * pa, minlength=fid_max)
+    ids = conf_ds = None
+    return area, (conf if conf_path else None)
+
+
+def _burn_fids(gdal, ids_ds, layer) -> int:
+    """Write each polygon's FID into the id raster; returns the largest FID.
+
+    GDAL burns attributes, not FIDs, so the FID is first copied into a field.
+    """
+    from osgeo import ogr
+
+    layer.CreateField(ogr.FieldDefn("rid", ogr.OFTInteger))
+    top = 0
+    layer.StartTransaction()
+    layer.ResetReading()
+    for f in layer:
+        f.SetField("rid", f.GetFID())
+        layer.SetFeature(f)
+        top = max(top, f.GetFID())
+    layer.CommitTransaction()
+    gdal.RasterizeLayer(ids_ds, [1], layer, options=["ATTRIBUTE=rid"])
+    ids_ds.FlushCache()
+    return top
+
+
+def _records(layer, stats, names, simplify) -> Iterator[Region]:
+    area, conf = stats
+    layer.ResetReading()
+    if simplify <= 0:
+        for f in layer:
+            yield _record(f.GetGeometryRef().ExportToIsoWkb(), f, area, conf, names)
+        return
+    import shapely
+
+    feats = [(f.GetFID(), f.GetField("class_id"), bytes(f.GetGeometryRef().ExportToIsoWkb())) for f in layer]
+    geoms = shapely.from_wkb([g for _, _, g in feats])
+    simple = shapely.coverage_simplify(geoms, simplify, simplify_boundary=True)
+    for (fid, cid, _), g in zip(feats, simple):
+        if g is None or g.is_empty:
+            continue
+        a = area[fid]
+        yield Region(shapely.to_wkb(g), cid, names.get(cid, str(cid)), float(a),
+                     float(conf[fid] / a) if conf is not None and a > 0 else None)
+
+
+def _record(wkb, f, area, conf, names) -> Region:
+    fid, cid = f.GetFID(), f.GetField("class_id")
+    a = area[fid]
+    return Region(bytes(wkb), cid, names.get(cid, str(cid)), float(a),
+                  float(conf[fid] / a) if conf is not None and a > 0 else None)
+
+
+def write_gpkg(path: str, records: Iterator[Region], srs_wkt: str | None) -> int:
+    """Write Region records as a GeoPackage layer "landcover"; returns the number written."""
+    gdal, ogr, osr = _gdal()
+    if os.path.exists(path):
+        os.remove(path)
+    ds = ogr.GetDriverByName("GPKG").CreateDataSource(path)
+    srs = osr.SpatialReference(wkt=srs_wkt) if srs_wkt else None
+    if srs is not None:
+        srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    layer = ds.CreateLayer(LAYER, srs=srs, geom_type=ogr.wkbPolygon)
+    for name, kind in (("class_id", ogr.OFTInteger), ("class_name", ogr.OFTString), ("area", ogr.OFTReal),
+                       ("confidence", ogr.OFTReal)):
+        layer.CreateField(ogr.FieldDefn(name, kind))
+    defn = layer.GetLayerDefn()
+    n = 0
+    layer.StartTransaction()
+    for rec in records:
+        if rec.class_id == NODATA_CLASS:
+            continue
+        f = ogr.Feature(defn)
+        f.SetGeometry(ogr.CreateGeometryFromWkb(rec.wkb))
+        f.SetField("class_id", int(rec.class_id))
+        f.SetField("class_name", rec.class_name)
+        f.SetField("area", rec.area)
+        if rec.confidence is not None:
+            f.SetField("confidence", rec.confidence)
+        layer.CreateFeature(f)
+        n += 1
+        if n % 20000 == 0:
+            layer.CommitTransaction()
+            layer.StartTransaction()
+    layer.CommitTransaction()
+    ds = None
+    return n
+
+
+def vectorize(class_path: str, conf_path: str | None, out_path: str, classes, geometry: GroundGeometry,
+              simplify: float = 0.0, cancel=None, progress=None) -> int:
+    """Polygons of a class raster into a GeoPackage; returns the number of polygons."""
+    gdal, _, _ = _gdal()
+    ds = gdal.Open(class_path)
+    srs = ds.GetSpatialRef()
+    wkt = srs.ExportToWkt() if srs is not None else None
+    ds = None
+    with regions(class_path, conf_path, classes, geometry, simplify, cancel, progress) as recs:
+        return write_gpkg(out_path, recs, wkt)

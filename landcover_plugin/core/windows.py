@@ -1,0 +1,70 @@
+"""Window arithmetic for sliding-window inference: pure numpy, no I/O.
+
+The image is treated as a canvas padded by `pad(overlap)` pixels of mirrored image
+on every side. Windows sit on a regular grid over that canvas, so every window has
+the same size and every overlap between neighbours is exactly `overlap` pixels.
+Each window is weighted by the same separable taper: zero in a thin margin at its
+edges (where a network sees its zero padding), a sin^2 ramp across the rest of the
+overlap, one inside. Because the ramps of two neighbours are complementary, the
+weights of all windows covering an image pixel sum to exactly one; so blended
+class scores stay probabilities and the result does not depend on where window
+borders fall, as long as the network's receptive field is smaller than the margin.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def margin(overlap: int) -> int:
+    """Pixels at each window edge that get zero weight."""
+    return overlap // 4
+
+
+def pad(overlap: int) -> int:
+    """Mirrored pixels around the image, so that image pixels are never in a first or last ramp."""
+    return overlap - margin(overlap)
+
+
+def window_starts(length: int, tile: int, overlap: int) -> np.ndarray:
+    """Canvas start of every window along one axis (the first is negative when overlap > 0)."""
+    if not 0 <= overlap < tile / 2:
+        raise ValueError(f"overlap ({overlap}) must be at least 0 and less than half the tile ({tile})")
+    if length < 1:
+        raise ValueError("length must be positive")
+    p = pad(overlap)
+    stride = tile - overlap
+    n = max(1, math.ceil((length + 2 * p - tile) / stride) + 1)
+    return -p + stride * np.arange(n, dtype=np.int64)
+
+
+def taper(tile: int, overlap: int) -> np.ndarray:
+    """1-D weight of a window: 0 in the margin, sin^2 ramp, 1 in the middle; float64."""
+    d = np.minimum(np.arange(tile) + 0.5, tile - np.arange(tile) - 0.5)  # distance of pixel centre to edge
+    m = margin(overlap)
+    ramp = overlap - 2 * m
+    if ramp <= 0:
+        return np.ones(tile)
+    t = np.clip((d - m) / ramp, 0.0, 1.0)
+    return np.sin(0.5 * np.pi * t) ** 2
+
+
+def blend_weights(tile: int, overlap: int) -> np.ndarray:
+    """2-D weight shared by every window (outer product of the 1-D taper), float32."""
+    w = taper(tile, overlap)
+    return np.outer(w, w).astype(np.float32)
+
+
+def reflect_index(idx: np.ndarray, n: int) -> np.ndarray:
+    """Map canvas positions to image positions by mirroring at the edges (numpy's 'reflect')."""
+    if n == 1:
+        return np.zeros_like(idx)
+    period = 2 * n - 2
+    i = np.abs(idx) % period
+    return np.where(i >= n, period - i, i)
+
+
+def window_grid(height: int, width: int, tile: int, overlap: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column starts of the window grid covering a height x width image."""
+    return window_starts(height, tile, overlap), window_starts(width, tile, overlap)

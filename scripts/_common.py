@@ -1,0 +1,38 @@
+"""Shared start-up of the command-line tools: import path, GDAL cache, logging, error exit."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+# GDAL caches up to 5% of RAM by default; a command-line run keeps it modest so
+# that memory stays flat on large rasters.
+os.environ.setdefault("GDAL_CACHEMAX", "128")
+
+
+def setup(quiet: bool = False) -> None:
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
+    try:
+        from rasterio.errors import NotGeoreferencedWarning
+
+        warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
+    except ImportError:
+        pass
+
+
+def run_main(main) -> None:
+    """Run main(); engine errors become one line on stderr and exit code 2, never a traceback."""
+    from landcover_plugin.core.errors import LandcoverError
+
+    try:
+        sys.exit(main())
+    except LandcoverError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Evaluate a model file on image/mask pairs through the same engine the plugin uses.
+
+    python scripts/evaluate.py IMAGES [MASKS] [--model FILE] [--json]
+
+IMAGES and MASKS are folders (pairs are matched by name: x.jpg with x.png,
+x_sat.jpg with x_mask.png, x.jpg with x_m.png) or one image and one mask file.
+Prints per-class IoU, F1, precision and recall, overall accuracy and mean IoU
+(over the classes present in reference or prediction); with --json the last line
+is one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+import _common
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[1], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("images", help="folder of images, or one image file")
+    p.add_argument("masks", nargs="?", help="folder of masks (default: the images folder), or one mask file")
+    p.add_argument("--model", help="model file (default: the bundled model)")
+    p.add_argument("--tile-size", type=int)
+    p.add_argument("--overlap", type=int)
+    p.add_argument("--batch-size", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--tta", action="store_true", help="test-time augmentation (flips and rotations)")
+    p.add_argument("--json", action="store_true", help="end with one line of JSON")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    _common.setup(quiet=args.json)
+    import numpy as np
+    import rasterio
+
+    from landcover_plugin.core.errors import InputError
+    from landcover_plugin.core.metrics import confusion, scores
+    from landcover_plugin.core.model_file import load_model, resolve_model_path
+    from landcover_plugin.core.pairs import pair_files
+    from landcover_plugin.core.segment import SegmentOptions, segment
+
+    if os.path.isfile(args.images):
+        if not args.masks or not os.path.isfile(args.masks):
+            raise InputError("Give a mask file after an image file.")
+        pairs = [(args.images, args.masks)]
+    else:
+        pairs = pair_files(args.images, args.masks)
+    model_path = resolve_model_path(args.model)
+    network, spec = load_model(model_path)
+    ids = [c.id for c in spec.classes]
+    names = [c.name for c in spec.classes]
+    opts = SegmentOptions(tile_size=args.tile_size, overlap=args.overlap, batch_size=args.batch_size,
+                          device=args.device, tta=args.tta)
+    total = np.zeros((len(ids), len(ids)), np.int64)
+    seconds = megapixels = 0.0
+    with tempfile.TemporaryDirectory(prefix="landcover-eval-") as tmp:
+        for n, (image, mask) in enumerate(pairs, 1):
+            out = os.path.join(tmp, "classes.tif")
+            res = segment(image, out, (network, spec), options=opts, log=lambda m: None)
+            seconds += res.inference_seconds
+            megapixels += res.megapixels
+            with rasterio.open(out) as ds:
+                pred = ds.read(1)
+            with rasterio.open(mask) as ds:
+                ref = ds.read(1)
+            if ref.shape != pred.shape:
+                raise InputError(f"The mask {os.path.basename(mask)} is {ref.shape[1]} x {ref.shape[0]} pixels but "
+                                 f"its image is {pred.shape[1]} x {pred.shape[0]}.")
+            m = confusion(ref, pred, ids)
+            total += m
+            if not args.json:
+                s = scores(m, names)
+                print(f"[{n}/{len(pairs)}] {os.path.basename(image)}: mIoU {s['miou']:.3f}, "
+                      f"accuracy {s['accuracy']:.3f}", file=sys.stderr)
+    result = scores(total, names)
+    result.update(model=os.path.abspath(model_path), pairs=len(pairs), megapixels=round(megapixels, 3),
+                  mp_per_s=round(megapixels / max(seconds, 1e-9), 3))
+    print(report(result, names))
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+def report(s: dict, names) -> str:
+    def f(v):
+        return "   -  " if v is None else f"{v:6.3f}"
+
+    lines = [f"{'class':<22} {'IoU':>6} {'F1':>6} {'prec':>6} {'recall':>6} {'pixels':>11}"]
+    for name in names:
+        lines.append(f"{name:<22} {f(s['iou'][name])} {f(s['f1'][name])} {f(s['precision'][name])} "
+                     f"{f(s['recall'][name])} {s['pixels'][name]:>11d}")
+    lines.append(f"mean IoU {f(s['miou']).strip()}   mean F1 {f(s['mean_f1']).strip()}   "
+                 f"overall accuracy {f(s['accuracy']).strip()}   ({s['pairs']} pairs, {s['megapixels']} MP)")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    _common.run_main(main)
