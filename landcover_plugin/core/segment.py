@@ -166,10 +166,12 @@ class _Job:
         xmin, ymin, xmax, ymax = self.opts.extent
         if not (xmax > xmin and ymax > ymin):
             raise InputError("The extent is empty; give xmin < xmax and ymin < ymax.")
-        win = rasterio.windows.from_bounds(xmin, ymin, xmax, ymax, transform=self.src.transform)
-        c0, r0 = max(0, math.floor(win.col_off + 1e-9)), max(0, math.floor(win.row_off + 1e-9))
-        c1 = min(w, math.ceil(win.col_off + win.width - 1e-9))
-        r1 = min(h, math.ceil(win.row_off + win.height - 1e-9))
+        inverse = ~self.src.transform
+        corners = [inverse * (x, y) for x in (xmin, xmax) for y in (ymin, ymax)]
+        cols, rows = [c for c, _ in corners], [r for _, r in corners]
+        # snap outwards to whole pixels, forgiving rounding noise in the coordinates
+        c0, r0 = max(0, math.floor(min(cols) + 1e-6)), max(0, math.floor(min(rows) + 1e-6))
+        c1, r1 = min(w, math.ceil(max(cols) - 1e-6)), min(h, math.ceil(max(rows) - 1e-6))
         if c1 <= c0 or r1 <= r0:
             raise InputError("The extent does not overlap the raster; choose an extent inside the layer "
                              "(in the layer's CRS).")

@@ -1,0 +1,98 @@
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DATA = os.path.join(HERE, "data")
+FIXTURE = os.path.join(DATA, "dubai_tile7_005_crop.tif")
+FIXTURE_MASK = os.path.join(DATA, "dubai_tile7_005_crop_mask.png")
+
+try:
+    from rasterio.errors import NotGeoreferencedWarning
+
+    warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
+except ImportError:
+    pass
+
+
+def fixture_pixels() -> np.ndarray:
+    import rasterio
+
+    with rasterio.open(FIXTURE) as ds:
+        return ds.read()
+
+
+def make_model(seed=0, base_width=8, depth=2, tile=128, overlap=32, gsd=None, classes=None, calibrate=True):
+    """A random-weight U-Net whose batch-norm statistics are fitted to the fixture.
+
+    With the default statistics a random U-Net answers one class everywhere; fitted
+    statistics make its output vary across the image like a real model's, which the
+    blending and vectorizing tests need.
+    """
+    import torch
+
+    from landcover_plugin.core.classes import DEFAULT_CLASSES
+    from landcover_plugin.core.model_file import ModelSpec, build_network
+
+    torch.manual_seed(seed)
+    spec = ModelSpec(classes=tuple(classes or DEFAULT_CLASSES), bands=(1, 2, 3), mean=(110.0, 110.0, 100.0),
+                     std=(50.0, 45.0, 45.0), base_width=base_width, depth=depth, tile_size=tile, overlap=overlap,
+                     gsd=gsd)
+    net = build_network(spec)
+    if calibrate:
+        x = torch.from_numpy(fixture_pixels()[:, :256, :256].astype(np.float32))[None]
+        x = (x - torch.tensor(spec.mean).view(1, 3, 1, 1)) / torch.tensor(spec.std).view(1, 3, 1, 1)
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.momentum = None
+        net.train()
+        with torch.no_grad():
+            net(x)
+    net.eval()
+    return net, spec
+
+
+def write_raster(path, data, crs=None, transform=None, nodata=None, alpha=False, **extra):
+    """A GeoTIFF of `data`; with alpha=True the last band is an alpha band."""
+    import rasterio
+    from rasterio.enums import ColorInterp
+    from rasterio.transform import Affine
+
+    data = np.asarray(data)
+    if data.ndim == 2:
+        data = data[None]
+    profile = dict(driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+                   dtype=str(data.dtype), transform=transform or Affine.identity(), **extra)
+    if crs is not None:
+        profile["crs"] = crs
+    if nodata is not None:
+        profile["nodata"] = nodata
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(data)
+        if alpha:
+            ds.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def model_file(tmp_path_factory):
+    from landcover_plugin.core.model_file import save_model
+
+    net, spec = make_model()
+    path = tmp_path_factory.mktemp("model") / "small.safetensors"
+    save_model(str(path), net, spec)
+    return str(path)
+
+
+def has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+cuda = pytest.mark.skipif(not has_cuda(), reason="needs a CUDA GPU")

@@ -1,0 +1,157 @@
+import json
+import os
+import pickle
+import struct
+
+import pytest
+import torch
+from conftest import make_model
+
+from landcover_plugin.core.errors import ModelFileError
+from landcover_plugin.core.model_file import (
+    METADATA_KEY,
+    ModelSpec,
+    load_model,
+    read_spec,
+    resolve_model_path,
+    save_model,
+)
+
+
+def _safetensors_with(path, state, metadata):
+    from safetensors.torch import save_file
+
+    save_file(state, str(path), metadata=metadata)
+    return str(path)
+
+
+def test_round_trip_keeps_weights_and_metadata(tmp_path):
+    net, spec = make_model()
+    spec = spec.with_training(epochs=3, val_miou=0.5)
+    path = str(tmp_path / "m.safetensors")
+    save_model(path, net, spec)
+    net2, spec2 = load_model(path)
+    assert spec2 == spec
+    assert spec2.to_dict()["training"] == {"epochs": 3, "val_miou": 0.5}
+    x = torch.randn(1, 3, 40, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), net2(x))
+    assert not any(f.startswith(".") or "tmp" in f for f in os.listdir(tmp_path) if f != "m.safetensors")
+
+
+def test_metadata_has_the_design_fields(tmp_path):
+    net, spec = make_model(gsd=0.5)
+    path = str(tmp_path / "m.safetensors")
+    save_model(path, net, spec)
+    doc = read_spec(path).to_dict()
+    for key in ("format_version", "architecture", "classes", "input", "gsd", "tile_size", "overlap", "training"):
+        assert key in doc
+    assert doc["gsd"] == 0.5 and doc["classes"][1]["name"] == "building"
+    assert set(doc["input"]) == {"bands", "mean", "std"}
+
+
+class _Evil:
+    target = None
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_pickle_is_refused_and_never_runs(tmp_path):
+    victim = tmp_path / "pwned.txt"
+    _Evil.target = str(victim)
+    path = tmp_path / "evil.safetensors"
+    path.write_bytes(pickle.dumps(_Evil()))
+    with pytest.raises(ModelFileError, match="pickle"):
+        load_model(str(path))
+    assert not victim.exists()
+
+
+def test_torch_checkpoint_is_refused(tmp_path):
+    net, _ = make_model(calibrate=False)
+    path = tmp_path / "model.pt"
+    torch.save(net.state_dict(), path)
+    with pytest.raises(ModelFileError, match="pickle or PyTorch checkpoint"):
+        load_model(str(path))
+
+
+@pytest.mark.parametrize("content", [b"", b"abc", os.urandom(4096), struct.pack("<Q", 10) + b"not json!!"])
+def test_random_bytes_are_refused(tmp_path, content):
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(ModelFileError, match="safetensors"):
+        load_model(str(path))
+
+
+def test_safetensors_without_our_metadata(tmp_path):
+    path = _safetensors_with(tmp_path / "x.safetensors", {"w": torch.zeros(2)}, None)
+    with pytest.raises(ModelFileError, match="not a land-cover model"):
+        load_model(path)
+
+
+def test_metadata_that_is_not_json(tmp_path):
+    path = _safetensors_with(tmp_path / "x.safetensors", {"w": torch.zeros(2)}, {METADATA_KEY: "{oops"})
+    with pytest.raises(ModelFileError, match="not valid JSON"):
+        load_model(path)
+
+
+def _doc_with(**changes):
+    _, spec = make_model(calibrate=False)
+    doc = spec.to_dict()
+    for key, value in changes.items():
+        doc[key] = value
+    return doc
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(format_version=99), "update the plugin"),
+    (dict(format_version=None), "format_version"),
+    (dict(architecture={"name": "resnet"}), "unknown architecture"),
+    (dict(classes=[{"name": "a", "color": "#000000"}] * 5), "no valid id"),
+    (dict(classes=[{"id": i, "name": f"c{i}"} for i in range(5)]), "no valid color"),
+    (dict(classes=[{"id": 0, "name": "x", "color": "#000000"}] * 5), "appears twice"),
+    (dict(classes=[{"id": 0, "name": "x", "color": "#000000"}]), "declares 5 classes"),
+    (dict(input={"bands": [1, 2, 3], "mean": [0, 0], "std": [1, 1, 1]}), "input.mean"),
+    (dict(input={"bands": [1, 2, 3], "mean": [0, 0, 0], "std": [1, 0, 1]}), "std"),
+    (dict(tile_size=2), "tile_size"),
+    (dict(overlap=100), "overlap"),
+    (dict(gsd=-1), "gsd"),
+])
+def test_bad_metadata_is_named(tmp_path, change, message):
+    doc = _doc_with(**change)
+    path = _safetensors_with(tmp_path / "x.safetensors", {"w": torch.zeros(2)}, {METADATA_KEY: json.dumps(doc)})
+    with pytest.raises(ModelFileError, match=message):
+        load_model(path)
+
+
+def test_weights_that_do_not_match_the_architecture(tmp_path):
+    net, spec = make_model(calibrate=False)
+    doc = spec.to_dict()
+    doc["architecture"]["base_width"] = 16
+    path = _safetensors_with(tmp_path / "x.safetensors", dict(net.state_dict()), {METADATA_KEY: json.dumps(doc)})
+    with pytest.raises(ModelFileError, match="do not match its declared architecture"):
+        load_model(path)
+    state = dict(net.state_dict())
+    state.pop("head.bias")
+    path = _safetensors_with(tmp_path / "y.safetensors", state, {METADATA_KEY: json.dumps(spec.to_dict())})
+    with pytest.raises(ModelFileError, match="missing"):
+        load_model(path)
+
+
+def test_errors_are_one_sentence(tmp_path):
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(b"garbage" * 10)
+    with pytest.raises(ModelFileError) as info:
+        load_model(str(path))
+    text = str(info.value)
+    assert "\n" not in text and text.endswith(".")
+
+
+def test_missing_model_file_and_default():
+    with pytest.raises(ModelFileError, match="does not exist"):
+        resolve_model_path("/nonexistent/m.safetensors")
+
+
+def test_spec_from_dict_round_trip():
+    _, spec = make_model(calibrate=False)
+    assert ModelSpec.from_dict(spec.to_dict()) == spec

@@ -1,0 +1,291 @@
+import os
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from conftest import FIXTURE, cuda, fixture_pixels, make_model, write_raster
+from rasterio.crs import CRS
+from rasterio.transform import Affine, from_origin
+
+from landcover_plugin.core.errors import Cancelled, InputError
+from landcover_plugin.core.outputs import CONFIDENCE_NODATA
+from landcover_plugin.core.segment import SegmentOptions, segment
+
+UTM = CRS.from_epsg(32640)
+WGS84 = CRS.from_epsg(4326)
+
+
+def _read(path):
+    with rasterio.open(path) as ds:
+        return ds.read(1)
+
+
+@pytest.fixture(scope="module")
+def utm_raster(tmp_path_factory):
+    path = tmp_path_factory.mktemp("in") / "utm.tif"
+    return write_raster(path, fixture_pixels()[:, :300, :260], crs=UTM, transform=from_origin(300000, 2780000, 0.5, 0.5))
+
+
+def test_outputs_share_the_input_grid(tmp_path, utm_raster, model_file):
+    res = segment(utm_raster, str(tmp_path / "c.tif"), model_file, confidence_path=str(tmp_path / "p.tif"),
+                  options=SegmentOptions(device="cpu"))
+    with rasterio.open(utm_raster) as src, rasterio.open(res.class_path) as c, rasterio.open(res.confidence_path) as p:
+        for ds in (c, p):
+            assert (ds.width, ds.height) == (src.width, src.height)
+            assert ds.crs == src.crs and ds.transform == src.transform
+        assert c.dtypes[0] == "uint8" and c.nodata == 255
+        assert c.profile["tiled"] and c.compression.value == "DEFLATE"
+        cmap = c.colormap(1)
+        assert cmap[1][:3] == (0xd7, 0x30, 0x1f)
+        labels, conf = c.read(1), p.read(1)
+    assert set(np.unique(labels)) <= {0, 1, 2, 3, 4}
+    assert len(np.unique(labels)) >= 2, "a calibrated random model varies across the image"
+    assert conf.min() >= 0.2 - 1e-6 and conf.max() <= 1 + 1e-6
+    from osgeo import gdal
+
+    ds = gdal.Open(res.class_path)
+    band = ds.GetRasterBand(1)
+    band.GetMetadata()  # GDAL's GeoTIFF driver loads the .aux.xml lazily, not on GetCategoryNames
+    assert band.GetCategoryNames()[:5] == ["background", "building", "woodland/vegetation", "water",
+                                                          "road"]
+    assert abs(sum(a.area for a in res.areas) - 300 * 260 * 0.25) < 1e-6
+    assert res.device.startswith("cpu") and res.mp_per_s > 0
+
+
+def test_labels_do_not_depend_on_tile_size(tmp_path):
+    # depth 1 U-Net: receptive field ~10 px, smaller than the zero-weight margin (overlap // 4 = 16)
+    net, spec = make_model(depth=1, base_width=4, tile=160, overlap=64)
+    img = write_raster(tmp_path / "in.tif", fixture_pixels()[:, :300, :350])
+    labels, confs = [], []
+    for tile in (160, 256, 1024):  # strides stay even, as the network's pooling needs
+        res = segment(img, str(tmp_path / f"c{tile}.tif"), (net, spec), confidence_path=str(tmp_path / f"p{tile}.tif"),
+                      options=SegmentOptions(tile_size=tile, overlap=64, device="cpu"))
+        labels.append(_read(res.class_path))
+        confs.append(_read(res.confidence_path))
+    assert len(np.unique(labels[0])) >= 2
+    for other, conf in zip(labels[1:], confs[1:]):
+        np.testing.assert_array_equal(labels[0], other)
+        np.testing.assert_allclose(confs[0], conf, atol=1e-4)
+
+
+def test_alpha_band_masks_every_output(tmp_path, model_file):
+    px = fixture_pixels()[:, :200, :200]
+    alpha = np.full((1, 200, 200), 255, np.uint8)
+    alpha[0, :, :80] = 0
+    alpha[0, 150:, :] = 0
+    img = write_raster(tmp_path / "rgba.tif", np.concatenate([px, alpha]), crs=UTM,
+                       transform=from_origin(0, 0, 1, 1), alpha=True)
+    res = segment(img, str(tmp_path / "c.tif"), model_file, confidence_path=str(tmp_path / "p.tif"),
+                  vector_path=str(tmp_path / "v.gpkg"))
+    labels, conf = _read(res.class_path), _read(res.confidence_path)
+    masked = alpha[0] == 0
+    assert np.all(labels[masked] == 255) and np.all(labels[~masked] < 5)
+    assert np.all(conf[masked] == CONFIDENCE_NODATA) and np.all(conf[~masked] > 0)
+    from osgeo import ogr
+
+    ds = ogr.Open(res.vector_path)
+    layer = ds.GetLayer(0)
+    assert sum(f.GetField("area") for f in layer) == pytest.approx((~masked).sum())
+    ds = None
+
+
+def test_nodata_value_is_respected(tmp_path, model_file):
+    px = fixture_pixels()[:, :100, :150].copy()
+    px[:, 10:30, 20:60] = 0
+    img = write_raster(tmp_path / "nd.tif", px, nodata=0)
+    labels = _read(segment(img, str(tmp_path / "c.tif"), model_file).class_path)
+    # GDAL masks each band's own nodata pixels; a pixel is classified only where every band is valid
+    np.testing.assert_array_equal(labels == 255, (px == 0).any(axis=0))
+    assert np.all(labels[10:30, 20:60] == 255)
+
+
+def test_fully_masked_windows_are_not_computed(tmp_path, monkeypatch):
+    net, spec = make_model(tile=64, overlap=16)
+    px = fixture_pixels()[:, :256, :256].copy()
+    px[:, :, 128:] = 0
+    img = write_raster(tmp_path / "half.tif", px, nodata=0)
+    seen = []
+    from landcover_plugin.core import predictor
+
+    original = predictor.Predictor.__call__
+
+    def counting(self, batch):
+        seen.append(len(batch))
+        return original(self, batch)
+
+    monkeypatch.setattr(predictor.Predictor, "__call__", counting)
+    segment(img, str(tmp_path / "c.tif"), (net, spec), options=SegmentOptions(batch_size=4))
+    from landcover_plugin.core.windows import window_grid
+
+    ys, xs = window_grid(256, 256, 64, 16)
+    assert sum(seen) < len(ys) * len(xs) * 0.75
+
+
+def test_raster_without_crs_runs_with_a_warning(tmp_path, model_file):
+    logs = []
+    res = segment(FIXTURE, str(tmp_path / "c.tif"), model_file, log=logs.append,
+                  options=SegmentOptions(extent=(0, 0, 200, 100)))
+    assert any("no CRS" in w for w in res.warnings) and any("no CRS" in m for m in logs)
+    assert _read(res.class_path).shape == (100, 200)
+    assert res.areas[0].area == res.areas[0].pixels  # pixel units
+
+
+def test_geographic_raster_and_model_gsd_resample(tmp_path, model_file):
+    # ~0.5 m pixels at 25 N expressed in degrees; the model says it was trained at 1 m
+    px = fixture_pixels()[:, :240, :260]
+    deg = 0.5 / 111195.0
+    img = write_raster(tmp_path / "geo.tif", px, crs=WGS84, transform=Affine(deg / 0.906, 0, 55.0, 0, -deg, 25.0))
+    net, spec = make_model(gsd=1.0, tile=64, overlap=16)
+    logs = []
+    res = segment(img, str(tmp_path / "c.tif"), (net, spec), confidence_path=str(tmp_path / "p.tif"),
+                  vector_path=str(tmp_path / "v.gpkg"), log=logs.append)
+    assert res.scale == pytest.approx(0.5, rel=0.02)
+    assert any("resampled" in m for m in logs)
+    with rasterio.open(res.class_path) as c, rasterio.open(img) as src:
+        assert c.shape == src.shape and c.transform == src.transform and c.crs == src.crs
+        labels = c.read(1)
+    assert labels.max() < 5 and len(np.unique(labels)) >= 2
+    total = sum(a.area for a in res.areas)
+    assert total == pytest.approx(240 * 260 * 0.25, rel=0.02)  # square metres, not degrees
+    # the same model at the raster's own resolution gives labels of the same kind
+    same = segment(img, str(tmp_path / "c2.tif"), _without_gsd(net, spec))
+    assert same.scale == 1.0 and (_read(same.class_path) == labels).mean() > 0.3
+
+
+def _without_gsd(net, spec):
+    from dataclasses import replace
+
+    return net, replace(spec, gsd=None)
+
+
+def test_raster_smaller_than_one_tile(tmp_path, model_file):
+    img = write_raster(tmp_path / "tiny.tif", fixture_pixels()[:, :7, :13], crs=UTM,
+                       transform=from_origin(0, 0, 1, 1))
+    res = segment(img, str(tmp_path / "c.tif"), model_file, confidence_path=str(tmp_path / "p.tif"),
+                  vector_path=str(tmp_path / "v.gpkg"))
+    assert _read(res.class_path).shape == (7, 13)
+    assert _read(res.class_path).max() < 5
+
+
+def test_tall_narrow_raster_and_odd_sizes(tmp_path, model_file):
+    px = np.concatenate([fixture_pixels()[:, :, :37]] * 3, axis=1)  # 2304 x 37
+    img = write_raster(tmp_path / "tall.tif", px)
+    labels = _read(segment(img, str(tmp_path / "c.tif"), model_file).class_path)
+    assert labels.shape == (2304, 37) and labels.max() < 5
+
+
+def test_extent_gives_the_subgrid(tmp_path, utm_raster, model_file):
+    extent = (300000 + 10.2, 2780000 - 60.0, 300000 + 50.0, 2780000 - 20.3)
+    res = segment(utm_raster, str(tmp_path / "c.tif"), model_file, options=SegmentOptions(extent=extent))
+    with rasterio.open(res.class_path) as c:
+        assert c.transform.c == pytest.approx(300010.0) and c.transform.f == pytest.approx(2780000 - 20.0)
+        assert c.shape == (80, 80)
+    with pytest.raises(InputError, match="does not overlap"):
+        segment(utm_raster, str(tmp_path / "x.tif"), model_file, options=SegmentOptions(extent=(0, 0, 10, 10)))
+    assert not os.path.exists(tmp_path / "x.tif")
+
+
+@pytest.mark.parametrize("bands,message", [((1, 2), "expects 3 input bands"), ((1, 2, 9), "Band 9 does not exist")])
+def test_bands_that_do_not_fit_the_model(tmp_path, utm_raster, model_file, bands, message):
+    with pytest.raises(InputError, match=message):
+        segment(utm_raster, str(tmp_path / "c.tif"), model_file, options=SegmentOptions(bands=bands))
+    assert os.listdir(tmp_path) == []
+
+
+def test_band_order_is_honoured(tmp_path, utm_raster, model_file):
+    a = _read(segment(utm_raster, str(tmp_path / "a.tif"), model_file).class_path)
+    b = _read(segment(utm_raster, str(tmp_path / "b.tif"), model_file,
+                      options=SegmentOptions(bands=(3, 2, 1))).class_path)
+    assert (a != b).mean() > 0.01
+
+
+def test_bad_tiling_options(tmp_path, utm_raster, model_file):
+    with pytest.raises(InputError, match="less than half"):
+        segment(utm_raster, str(tmp_path / "c.tif"), model_file, options=SegmentOptions(tile_size=64, overlap=32))
+    with pytest.raises(InputError, match="at least 32"):
+        segment(utm_raster, str(tmp_path / "c.tif"), model_file, options=SegmentOptions(tile_size=8, overlap=0))
+
+
+def test_cancel_leaves_no_output(tmp_path, utm_raster, model_file):
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) > 1
+
+    existing = tmp_path / "keep.tif"
+    existing.write_bytes(b"an earlier result")
+    with pytest.raises(Cancelled):
+        segment(utm_raster, str(existing), model_file, confidence_path=str(tmp_path / "p.tif"),
+                vector_path=str(tmp_path / "v.gpkg"), cancel=cancel, options=SegmentOptions(tile_size=64, overlap=16))
+    assert sorted(os.listdir(tmp_path)) == ["keep.tif"]
+    assert existing.read_bytes() == b"an earlier result"
+
+
+def test_failure_midway_leaves_no_output(tmp_path, utm_raster, model_file, monkeypatch):
+    from landcover_plugin.core import predictor
+
+    def boom(self, batch):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(predictor.Predictor, "_run", boom)
+    with pytest.raises(RuntimeError):
+        segment(utm_raster, str(tmp_path / "c.tif"), model_file, confidence_path=str(tmp_path / "p.tif"))
+    assert os.listdir(tmp_path) == []
+
+
+def test_progress_rises_to_one(tmp_path, utm_raster, model_file):
+    seen = []
+    segment(utm_raster, str(tmp_path / "c.tif"), model_file, vector_path=str(tmp_path / "v.gpkg"),
+            progress=seen.append, options=SegmentOptions(tile_size=64, overlap=16))
+    assert seen[-1] == 1.0 and all(b >= a - 1e-9 for a, b in zip(seen, seen[1:])) and len(seen) > 5
+
+
+def test_tta_averages_flips_and_rotations(tmp_path, utm_raster, model_file):
+    plain = _read(segment(utm_raster, str(tmp_path / "a.tif"), model_file).class_path)
+    tta = _read(segment(utm_raster, str(tmp_path / "b.tif"), model_file, options=SegmentOptions(tta=True)).class_path)
+    assert tta.shape == plain.shape and tta.max() < 5
+    assert 0.3 < (tta == plain).mean() < 1.0
+
+
+def test_out_of_memory_halves_the_batch(tmp_path, utm_raster, model_file, monkeypatch):
+    from landcover_plugin.core import predictor
+
+    original = predictor.Predictor._run
+
+    def picky(self, part):
+        if len(part) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(self, part)
+
+    monkeypatch.setattr(predictor.Predictor, "_run", picky)
+    ref = _read(segment(utm_raster, str(tmp_path / "a.tif"), model_file,
+                        options=SegmentOptions(tile_size=64, overlap=16, batch_size=2)).class_path)
+    res = segment(utm_raster, str(tmp_path / "b.tif"), model_file,
+                  options=SegmentOptions(tile_size=64, overlap=16, batch_size=16))
+    assert res.batch_size == 2
+    np.testing.assert_array_equal(_read(res.class_path), ref)
+
+
+def test_cuda_asked_without_cuda_is_explained(tmp_path, utm_raster, model_file):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(InputError, match="no CUDA GPU"):
+        segment(utm_raster, str(tmp_path / "c.tif"), model_file, options=SegmentOptions(device="cuda"))
+    assert os.listdir(tmp_path) == []
+
+
+@cuda
+def test_cuda_matches_cpu(tmp_path, utm_raster, model_file):
+    cpu = _read(segment(utm_raster, str(tmp_path / "a.tif"), model_file, options=SegmentOptions(device="cpu"))
+                .class_path)
+    res = segment(utm_raster, str(tmp_path / "b.tif"), model_file, options=SegmentOptions(device="cuda"))
+    assert res.device.startswith("cuda")
+    assert (_read(res.class_path) == cpu).mean() > 0.98
+
+
+@cuda
+def test_cuda_tta_and_auto_batch(tmp_path, utm_raster, model_file):
+    res = segment(utm_raster, str(tmp_path / "b.tif"), model_file, options=SegmentOptions(device="auto", tta=True))
+    assert res.device.startswith("cuda") and res.batch_size >= 1

@@ -1,0 +1,30 @@
+import pytest
+import torch
+
+from landcover_plugin.core.unet import UNet
+
+
+@pytest.mark.parametrize("h,w", [(64, 64), (37, 53), (1, 1), (5, 130), (17, 16)])
+@pytest.mark.parametrize("depth", [1, 3])
+def test_any_input_size_gives_same_size_output(h, w, depth):
+    net = UNet(4, 6, base_width=4, depth=depth).eval()
+    with torch.no_grad():
+        y = net(torch.randn(2, 4, h, w))
+    assert y.shape == (2, 6, h, w)
+    assert torch.isfinite(y).all()
+
+
+def test_width_and_depth_change_the_network():
+    small = sum(p.numel() for p in UNet(3, 5, 8, 2).parameters())
+    wide = sum(p.numel() for p in UNet(3, 5, 16, 2).parameters())
+    deep = sum(p.numel() for p in UNet(3, 5, 8, 3).parameters())
+    assert wide > 3 * small and deep > 3 * small
+
+
+def test_channels_last_matches_contiguous():
+    net = UNet(3, 5, 8, 2).eval()
+    x = torch.randn(1, 3, 48, 48)
+    with torch.no_grad():
+        a = net(x)
+        b = net.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
