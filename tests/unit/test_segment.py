@@ -24,7 +24,8 @@ def _read(path):
 @pytest.fixture(scope="module")
 def utm_raster(tmp_path_factory):
     path = tmp_path_factory.mktemp("in") / "utm.tif"
-    return write_raster(path, fixture_pixels()[:, :300, :260], crs=UTM, transform=from_origin(300000, 2780000, 0.5, 0.5))
+    return write_raster(path, fixture_pixels()[:, :300, :260], crs=UTM,
+                        transform=from_origin(300000, 2780000, 0.5, 0.5))
 
 
 def test_outputs_share_the_input_grid(tmp_path, utm_raster, model_file):
