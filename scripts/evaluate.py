@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     names = [c.name for c in spec.classes]
     opts = SegmentOptions(tile_size=args.tile_size, overlap=args.overlap, batch_size=args.batch_size,
                           device=args.device, tta=args.tta)
-    total = np.zeros((len(ids), len(ids)), np.int64)
+    total = np.zeros((len(ids), len(ids) + 1), np.int64)
     seconds = megapixels = 0.0
     with tempfile.TemporaryDirectory(prefix="landcover-eval-") as tmp:
         for n, (image, mask) in enumerate(pairs, 1):

@@ -9,8 +9,9 @@ from .classes import NODATA_CLASS
 def confusion(reference: np.ndarray, predicted: np.ndarray, class_ids, ignore=(NODATA_CLASS,)) -> np.ndarray:
     """Counts[i, j]: pixels of reference class_ids[i] predicted as class_ids[j].
 
-    Pixels whose reference is in `ignore` are left out; a prediction of nodata where the
-    reference has a class counts as a miss of that class (it is not in any column).
+    The extra last column counts pixels of each reference class left without a known
+    class (nodata in the prediction): they lower recall and IoU. Pixels whose
+    reference is in `ignore` are left out.
     """
     ids = np.asarray(list(class_ids), np.int64)
     lut = np.full(256, -1, np.int64)
@@ -21,18 +22,17 @@ def confusion(reference: np.ndarray, predicted: np.ndarray, class_ids, ignore=(N
     for v in ignore:
         keep &= reference.ravel() != v
     n = len(ids)
-    # nodata or unknown predictions go to an extra column that is dropped again
     pred = np.where(pred >= 0, pred, n)
-    m = np.bincount(ref[keep] * (n + 1) + pred[keep], minlength=n * (n + 1)).reshape(n, n + 1)
-    return m[:, :n]
+    return np.bincount(ref[keep] * (n + 1) + pred[keep], minlength=n * (n + 1)).reshape(n, n + 1)
 
 
 def scores(matrix: np.ndarray, names) -> dict:
     """Per-class IoU, F1, precision and recall; mean IoU over the classes present in reference or prediction."""
     m = matrix.astype(np.float64)
-    tp = np.diag(m)
+    n = m.shape[0]
+    tp = np.diag(m[:, :n])
     ref_total = m.sum(axis=1)
-    pred_total = m.sum(axis=0)
+    pred_total = m[:, :n].sum(axis=0)
     union = ref_total + pred_total - tp
     present = (ref_total + pred_total) > 0
 

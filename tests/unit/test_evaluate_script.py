@@ -1,0 +1,42 @@
+import json
+import os
+import subprocess
+import sys
+
+from conftest import FIXTURE, FIXTURE_MASK
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT = os.path.join(ROOT, "scripts", "evaluate.py")
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, timeout=300)
+
+
+def test_evaluate_prints_scores_and_json(model_file):
+    out = _run(FIXTURE, FIXTURE_MASK, "--model", model_file, "--json", "--device", "cpu")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    result = json.loads(lines[-1])
+    for key in ("miou", "iou", "f1", "accuracy", "precision", "recall"):
+        assert key in result
+    assert set(result["iou"]) == {"background", "building", "woodland/vegetation", "water", "road"}
+    assert 0 <= result["miou"] <= 1 and result["pairs"] == 1
+    assert any(line.startswith("mean IoU") for line in lines)
+
+
+def test_evaluate_pairs_a_folder(model_file):
+    out = _run(os.path.dirname(FIXTURE), "--model", model_file, "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1])["pairs"] == 1
+
+
+def test_evaluate_errors_are_one_line(tmp_path, model_file):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x80\x04not a model")
+    out = _run(FIXTURE, FIXTURE_MASK, "--model", str(bad))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.startswith("error: ") and "pickle" in out.stderr
+    if not os.path.exists(os.path.join(ROOT, "landcover_plugin", "models", "landcover_default.safetensors")):
+        out = _run(FIXTURE, FIXTURE_MASK)
+        assert out.returncode == 2 and "No bundled default model" in out.stderr

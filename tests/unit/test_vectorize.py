@@ -1,0 +1,133 @@
+import numpy as np
+import pytest
+import rasterio
+import shapely
+from conftest import write_raster
+from osgeo import ogr
+from rasterio.crs import CRS
+from rasterio.transform import Affine, from_origin
+
+from landcover_plugin.core.areas import class_areas
+from landcover_plugin.core.classes import DEFAULT_CLASSES
+from landcover_plugin.core.geo import ground_geometry
+from landcover_plugin.core.vectorize import sieve, vectorize
+
+UTM = CRS.from_epsg(32640)
+
+
+def _scene():
+    labels = np.zeros((100, 120), np.uint8)
+    labels[:, 60:] = 2
+    labels[20:30, 10:20] = 1  # a building inside the background: background gets a hole
+    labels[50:52, 30:32] = 4  # 4 pixels of road
+    labels[90:, :] = 255  # nodata strip
+    conf = np.where(labels == 2, 0.9, 0.6).astype(np.float32)
+    conf[20:30, 10:20] = 0.8
+    return labels, conf
+
+
+def _write(tmp_path, labels, conf, crs=UTM, transform=from_origin(500000, 2800000, 2, 2)):
+    c = write_raster(tmp_path / "c.tif", labels, crs=crs, transform=transform, nodata=255)
+    p = write_raster(tmp_path / "p.tif", conf, crs=crs, transform=transform, nodata=-1)
+    with rasterio.open(c) as ds:
+        geom = ground_geometry(ds.crs, ds.transform, ds.height)
+    return c, p, geom
+
+
+def _features(path):
+    ds = ogr.Open(path)
+    layer = ds.GetLayer("landcover")
+    out = [dict(class_id=f.GetField("class_id"), class_name=f.GetField("class_name"), area=f.GetField("area"),
+                confidence=f.GetField("confidence"), geom=shapely.from_wkb(bytes(f.GetGeometryRef().ExportToWkb())))
+           for f in layer]
+    srs = layer.GetSpatialRef()
+    ds = None
+    return out, srs
+
+
+def test_polygons_carry_class_area_and_confidence(tmp_path):
+    labels, conf = _scene()
+    c, p, geom = _write(tmp_path, labels, conf)
+    n = vectorize(c, p, str(tmp_path / "v.gpkg"), DEFAULT_CLASSES, geom)
+    feats, srs = _features(str(tmp_path / "v.gpkg"))
+    assert n == len(feats) == 4
+    assert srs is not None and srs.GetAuthorityCode(None) == "32640"
+    by_class = {f["class_id"]: f for f in feats}
+    assert by_class[1]["class_name"] == "building" and by_class[1]["area"] == pytest.approx(100 * 4)
+    assert by_class[4]["area"] == pytest.approx(4 * 4)
+    assert by_class[0]["area"] == pytest.approx((90 * 60 - 100 - 4) * 4)
+    assert by_class[2]["confidence"] == pytest.approx(0.9) and by_class[1]["confidence"] == pytest.approx(0.8)
+    assert len(by_class[0]["geom"].interiors) == 2
+    for f in feats:  # attribute area is ground area; polygons are in map units of 2 m pixels
+        assert f["geom"].area == pytest.approx(f["area"])
+
+
+def test_sieve_merges_small_regions_into_neighbours(tmp_path):
+    labels, conf = _scene()
+    c, p, geom = _write(tmp_path, labels, conf)
+    sieve(c, geom.pixels_for_area(20.0))  # 5 pixels of 4 m2
+    with rasterio.open(c) as ds:
+        after = ds.read(1)
+    assert np.all(after[50:52, 30:32] == 0) and np.all(after[20:30, 10:20] == 1)
+    assert np.all(after[90:] == 255)
+    vectorize(c, p, str(tmp_path / "v.gpkg"), DEFAULT_CLASSES, geom)
+    feats, _ = _features(str(tmp_path / "v.gpkg"))
+    assert sorted(f["class_id"] for f in feats) == [0, 1, 2]
+
+
+def _noisy_labels(seed=3, shape=(160, 200)):
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 5, (shape[0] // 8, shape[1] // 8))
+    labels = np.kron(small, np.ones((8, 8), int))
+    flips = rng.random(shape) < 0.05
+    labels[flips] = rng.integers(0, 5, flips.sum())
+    return labels.astype(np.uint8)
+
+
+def test_simplified_polygons_share_boundaries(tmp_path):
+    # diagonal stripes (staircase edges that simplify well), discs, and speckle that cannot
+    yy, xx = np.mgrid[:160, :200]
+    labels = ((xx + 2 * yy) // 23 % 4).astype(np.uint8)
+    for cy, cx, r in ((40, 50, 17), (110, 140, 25), (80, 30, 9)):
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = 4
+    speckle = np.random.default_rng(0).random(labels.shape) < 0.01
+    labels[speckle] = 1
+    c, p, geom = _write(tmp_path, labels, np.full(labels.shape, 0.5, np.float32),
+                        transform=from_origin(0, 0, 1, 1))
+    plain = vectorize(c, p, str(tmp_path / "plain.gpkg"), DEFAULT_CLASSES, geom)
+    n = vectorize(c, p, str(tmp_path / "v.gpkg"), DEFAULT_CLASSES, geom, simplify=1.5)
+    feats, _ = _features(str(tmp_path / "v.gpkg"))
+    plain_feats, _ = _features(str(tmp_path / "plain.gpkg"))
+    geoms = [f["geom"] for f in feats]
+    assert n == plain and all(g.is_valid for g in geoms)
+    vertices = sum(shapely.get_num_coordinates(g) for g in geoms)
+    assert vertices < 0.6 * sum(shapely.get_num_coordinates(f["geom"]) for f in plain_feats)
+    union = shapely.union_all(geoms)
+    total = sum(g.area for g in geoms)
+    assert union.area == pytest.approx(labels.size, rel=1e-9), "no gaps"
+    assert total == pytest.approx(union.area, rel=1e-9), "no overlaps"
+
+
+def test_geographic_areas_are_square_metres(tmp_path):
+    labels = np.zeros((40, 50), np.uint8)
+    labels[:, 25:] = 3
+    deg = 1e-4
+    c, p, geom = _write(tmp_path, labels, np.ones(labels.shape, np.float32), crs=CRS.from_epsg(4326),
+                        transform=Affine(deg, 0, 10.0, 0, -deg, 60.0))
+    vectorize(c, p, str(tmp_path / "v.gpkg"), DEFAULT_CLASSES, geom)
+    feats, _ = _features(str(tmp_path / "v.gpkg"))
+    expected = 25 * 40 * (deg * 111195) ** 2 * np.cos(np.radians(60 - 20 * deg))
+    for f in feats:
+        assert f["area"] == pytest.approx(expected, rel=1e-3)
+    areas = class_areas(c, DEFAULT_CLASSES, geom)
+    assert areas[3].area == pytest.approx(expected, rel=1e-3) and areas[3].percent == pytest.approx(50)
+
+
+def test_cancel_during_polygonize(tmp_path):
+    from landcover_plugin.core.errors import Cancelled
+
+    labels = _noisy_labels(shape=(400, 400))
+    c, p, geom = _write(tmp_path, labels, np.ones(labels.shape, np.float32), transform=from_origin(0, 0, 1, 1))
+    with pytest.raises(Cancelled):
+        vectorize(c, p, str(tmp_path / "v.gpkg"), DEFAULT_CLASSES, geom, cancel=lambda: True)
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["c.tif", "p.tif"]
