@@ -96,3 +96,14 @@ def has_cuda() -> bool:
 
 
 cuda = pytest.mark.skipif(not has_cuda(), reason="needs a CUDA GPU")
+
+
+def has_gdal_bindings() -> bool:
+    try:
+        from osgeo import gdal  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_gdal = pytest.mark.skipif(not has_gdal_bindings(), reason="polygons need GDAL's Python bindings")

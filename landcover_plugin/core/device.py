@@ -58,4 +58,4 @@ def auto_batch(device, tile: int, base_width: int) -> int:
     # Rough activation footprint of a U-Net forward pass in half precision:
     # about 40 feature maps of base width at full tile resolution.
     per_sample = tile * tile * base_width * 2 * 40
-    return int(max(1, min(64, free * 0.5 // per_sample)))
+    return int(max(1, min(32, free * 0.5 // per_sample)))

@@ -64,7 +64,7 @@ def _remove_with_sidecars(path: str) -> None:
 def geotiff_profile(width, height, crs, transform, dtype, nodata, count=1) -> dict:
     profile = dict(driver="GTiff", width=width, height=height, count=count, dtype=dtype, nodata=nodata,
                    transform=transform, compress="deflate", tiled=True, blockxsize=BLOCK, blockysize=BLOCK,
-                   BIGTIFF="IF_SAFER")
+                   BIGTIFF="IF_SAFER", NUM_THREADS="ALL_CPUS")  # compress blocks on every core
     if crs is not None:
         profile["crs"] = crs
     if dtype == "float32":

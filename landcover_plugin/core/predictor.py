@@ -19,9 +19,12 @@ class Predictor:
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.weights = torch.from_numpy(weights).to(device)
+        self._staging = None  # pinned host buffer, reused so that every batch is not pinned anew
+        self._copied = None  # CUDA event: the staging buffer's last copy to the device has finished
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """batch: (n, bands, tile, tile) float32 -> (n, classes, tile, tile) float32 weighted probabilities."""
+    def __call__(self, batch: np.ndarray):
+        """batch: (n, bands, tile, tile) of uint8, int16 or float32 -> weighted probabilities, a float32 tensor
+        (n, classes, tile, tile) left on the device for blending there."""
         out = []
         i = 0
         while i < len(batch):
@@ -35,19 +38,26 @@ class Predictor:
                                      "tile size or the cpu device.") from None
                 self.batch_size = max(1, self.batch_size // 2)
                 self.torch.cuda.empty_cache()
-        return np.concatenate(out) if len(out) > 1 else out[0]
+        return self.torch.cat(out) if len(out) > 1 else out[0]
 
     def _run(self, part: np.ndarray) -> np.ndarray:
         torch = self.torch
         x = torch.from_numpy(np.ascontiguousarray(part))
         if self.device.type == "cuda":
-            x = x.pin_memory().to(self.device, non_blocking=True)
-        x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+            if self._staging is None or self._staging.shape[1:] != x.shape[1:] or len(self._staging) < len(x):
+                self._staging = torch.empty((max(len(x), self.batch_size), *x.shape[1:]), pin_memory=True)
+            if self._copied is not None:
+                self._copied.synchronize()
+            staged = self._staging[:len(x)]
+            staged.copy_(x)
+            x = staged.to(self.device, non_blocking=True)
+            self._copied = torch.cuda.Event()
+            self._copied.record()
+        x = ((x.float() - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp or torch.float32,
                                                     enabled=self.amp is not None):
             probs = self._tta(x) if self.tta else torch.softmax(self.net(x).float(), dim=1)
-            probs = probs * self.weights
-        return probs.float().cpu().numpy()
+            return probs.float() * self.weights
 
     def _tta(self, x):
         """Mean probabilities over the 8 flips and quarter turns, each mapped back."""

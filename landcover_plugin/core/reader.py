@@ -15,6 +15,8 @@ from rasterio.windows import Window
 
 from .windows import reflect_index
 
+_COMPACT = (np.dtype(np.uint8), np.dtype(np.int16), np.dtype(np.float32))
+
 
 @dataclass(frozen=True)
 class Region:
@@ -39,10 +41,11 @@ class WindowReader:
         self._masked = _has_mask(dataset, self.bands)
 
     def read(self, y: int, x: int, tile: int) -> tuple[np.ndarray, bool]:
-        """(bands x tile x tile float32 window at canvas (y, x), whether any pixel is valid).
+        """(bands x tile x tile window at canvas (y, x), whether any pixel is valid).
 
         Masked pixels are set to the band means so that they look neutral to the
-        network after normalisation.
+        network after normalisation. Byte and int16 data keep their type, so that
+        batches cross to a GPU at a quarter of the size; the device converts them.
         """
         iy = reflect_index(np.arange(y, y + tile), self.height)
         ix = reflect_index(np.arange(x, x + tile), self.width)
@@ -51,13 +54,14 @@ class WindowReader:
         if not (y0 == y and x0 == x and y1 - y0 == tile and x1 - x0 == tile):
             data = data[:, iy - y0][:, :, ix - x0]
             valid = valid[iy - y0][:, ix - x0] if valid is not None else None
-        data = data.astype(np.float32, copy=False)
+        if data.dtype not in _COMPACT:
+            data = data.astype(np.float32)
         if valid is None:
             return data, True
         if not valid.any():
             return data, False
         if not valid.all():
-            data = np.where(valid[None], data, self.fill)
+            data = np.where(valid[None], data, self.fill.astype(data.dtype))
         return data, True
 
     def _read_box(self, y: int, x: int, h: int, w: int):

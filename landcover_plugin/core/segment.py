@@ -92,7 +92,8 @@ def segment(input_path: str, class_path: str, model=None, confidence_path: str |
     network, spec = model if isinstance(model, tuple) else load_model(resolve_model_path(model))
     files = outputs.OutputSet()
     try:
-        with rasterio.open(input_path) as src, rasterio.open(input_path) as mask_src:
+        # NUM_THREADS: GDAL decodes the blocks of one read on several cores (GeoTIFF, GDAL >= 3.6)
+        with rasterio.open(input_path, NUM_THREADS="ALL_CPUS") as src, rasterio.open(input_path) as mask_src:
             job = _Job(src, mask_src, spec, opts, log)
             tmp_class = files.temp_for(class_path)
             tmp_conf = files.temp_for(confidence_path) if confidence_path else None
@@ -235,7 +236,7 @@ class _Job:
         put, done_until = sink
         ys, xs = window_grid(reader.height, reader.width, self.tile, self.overlap)
         blender = StripBlender(reader.height, reader.width, self.spec.num_classes, self.tile, self.overlap, ys, xs,
-                               put, done_until)
+                               put, done_until, device=predictor.device)
         order = [(k, j) for k in range(len(ys)) for j in range(len(xs))]
         batches = [order[i:i + predictor.batch_size] for i in range(0, len(order), predictor.batch_size)]
 
@@ -260,6 +261,10 @@ class _Job:
                 progress(done / len(order))
 
 
+def _torch():
+    return torch_or_error()
+
+
 def _open_optional(path, profile):
     return rasterio.open(path, "w", **profile) if path else contextlib.nullcontext(None)
 
@@ -273,7 +278,7 @@ def _prob_sink(ds, width, height, tile):
     buf = RowBuffer(width, height, outputs.BLOCK, tile, [(ds.count, np.uint8, 0)], write)
 
     def put(r, c, scores):
-        buf.put(r, c, [np.clip(np.rint(scores * 255), 0, 255).astype(np.uint8)])
+        buf.put(r, c, [(scores * 255).round_().clamp_(0, 255).to(dtype=_torch().uint8).cpu().numpy()])
 
     return put, buf.done_until
 
@@ -307,9 +312,10 @@ class _LabelWriter:
         buf = RowBuffer(width, height, outputs.BLOCK, tile, layers, write)
 
         def put(r, c, scores):
-            values = [scores.argmax(axis=0).astype(np.uint8)[None]]
+            conf, idx = scores.max(dim=0, keepdim=True)
+            values = [idx.to(dtype=_torch().uint8).cpu().numpy()]
             if with_conf:
-                values.append(scores.max(axis=0)[None])
+                values.append(conf.cpu().numpy())
             buf.put(r, c, values)
 
         return put, buf.done_until

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from conftest import FIXTURE, cuda, fixture_pixels, make_model, write_raster
+from conftest import FIXTURE, cuda, fixture_pixels, make_model, needs_gdal, write_raster
 from rasterio.crs import CRS
 from rasterio.transform import Affine, from_origin
 
@@ -43,7 +43,7 @@ def test_outputs_share_the_input_grid(tmp_path, utm_raster, model_file):
     assert set(np.unique(labels)) <= {0, 1, 2, 3, 4}
     assert len(np.unique(labels)) >= 2, "a calibrated random model varies across the image"
     assert conf.min() >= 0.2 - 1e-6 and conf.max() <= 1 + 1e-6
-    from osgeo import gdal
+    gdal = pytest.importorskip("osgeo.gdal")
 
     ds = gdal.Open(res.class_path)
     band = ds.GetRasterBand(1)
@@ -70,6 +70,7 @@ def test_labels_do_not_depend_on_tile_size(tmp_path):
         np.testing.assert_allclose(confs[0], conf, atol=1e-4)
 
 
+@needs_gdal
 def test_alpha_band_masks_every_output(tmp_path, model_file):
     px = fixture_pixels()[:, :200, :200]
     alpha = np.full((1, 200, 200), 255, np.uint8)
@@ -83,7 +84,7 @@ def test_alpha_band_masks_every_output(tmp_path, model_file):
     masked = alpha[0] == 0
     assert np.all(labels[masked] == 255) and np.all(labels[~masked] < 5)
     assert np.all(conf[masked] == CONFIDENCE_NODATA) and np.all(conf[~masked] > 0)
-    from osgeo import ogr
+    ogr = pytest.importorskip("osgeo.ogr")
 
     ds = ogr.Open(res.vector_path)
     layer = ds.GetLayer(0)
@@ -132,6 +133,7 @@ def test_raster_without_crs_runs_with_a_warning(tmp_path, model_file):
     assert res.areas[0].area == res.areas[0].pixels  # pixel units
 
 
+@needs_gdal
 def test_geographic_raster_and_model_gsd_resample(tmp_path, model_file):
     # ~0.5 m pixels at 25 N expressed in degrees; the model says it was trained at 1 m
     px = fixture_pixels()[:, :240, :260]
@@ -160,6 +162,7 @@ def _without_gsd(net, spec):
     return net, replace(spec, gsd=None)
 
 
+@needs_gdal
 def test_raster_smaller_than_one_tile(tmp_path, model_file):
     img = write_raster(tmp_path / "tiny.tif", fixture_pixels()[:, :7, :13], crs=UTM,
                        transform=from_origin(0, 0, 1, 1))
@@ -208,6 +211,7 @@ def test_bad_tiling_options(tmp_path, utm_raster, model_file):
         segment(utm_raster, str(tmp_path / "c.tif"), model_file, options=SegmentOptions(tile_size=8, overlap=0))
 
 
+@needs_gdal
 def test_cancel_leaves_no_output(tmp_path, utm_raster, model_file):
     calls = []
 
@@ -236,6 +240,7 @@ def test_failure_midway_leaves_no_output(tmp_path, utm_raster, model_file, monke
     assert os.listdir(tmp_path) == []
 
 
+@needs_gdal
 def test_progress_rises_to_one(tmp_path, utm_raster, model_file):
     seen = []
     segment(utm_raster, str(tmp_path / "c.tif"), model_file, vector_path=str(tmp_path / "v.gpkg"),

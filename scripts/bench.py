@@ -1,0 +1,251 @@
+#!/usr/bin/env python3
+"""Measure the engine: peak memory by raster size, label agreement between tile sizes, throughput.
+
+    python scripts/bench.py memory [--sizes 2048 16384]
+    python scripts/bench.py agreement [--tiles 256 1024] [--model FILE]
+    python scripts/bench.py throughput [--base-width 32 --tile 512 --size 2048 --device cpu]
+    python scripts/bench.py model [--base-width 32 --tile 512 --device cuda --batch-size 16]
+
+Each prints a table and, last, one line of JSON. Rasters are built from the committed
+Dubai fixture, mirrored to fill the size, tiled and compressed like real orthophotos.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import _common
+
+FIXTURE = os.path.join(_common.ROOT, "tests", "data", "dubai_tile7_005_crop.tif")
+
+
+def random_model(base_width: int, depth: int, tile: int, overlap: int, seed: int = 0):
+    """A random-weight U-Net with batch-norm statistics fitted to the fixture, so its labels vary like a real one's."""
+    import numpy as np
+    import rasterio
+    import torch
+
+    from landcover_plugin.core.classes import DEFAULT_CLASSES
+    from landcover_plugin.core.model_file import ModelSpec, build_network
+
+    torch.manual_seed(seed)
+    spec = ModelSpec(classes=DEFAULT_CLASSES, bands=(1, 2, 3), mean=(110.0, 110.0, 100.0), std=(50.0, 45.0, 45.0),
+                     base_width=base_width, depth=depth, tile_size=tile, overlap=overlap,
+                     name=f"random U-Net base {base_width} depth {depth}")
+    net = build_network(spec)
+    with rasterio.open(FIXTURE) as ds:
+        x = torch.from_numpy(ds.read(window=((0, 256), (0, 256))).astype(np.float32))[None]
+    x = (x - torch.tensor(spec.mean).view(1, 3, 1, 1)) / torch.tensor(spec.std).view(1, 3, 1, 1)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None
+    net.train()
+    with torch.no_grad():
+        net(x)
+    return net.eval(), spec
+
+
+def make_raster(path: str, size: int) -> str:
+    """A size x size RGB GeoTIFF (UTM, 0.5 m) tiled with mirrored copies of the fixture, written block by block."""
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+
+    with rasterio.open(FIXTURE) as ds:
+        base = ds.read()
+    tile = np.concatenate([base, base[:, :, ::-1]], axis=2)
+    tile = np.concatenate([tile, tile[:, ::-1]], axis=1)  # 1536 x 1536, seamless when repeated
+    th, tw = tile.shape[1:]
+    profile = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs="EPSG:32640",
+                   transform=from_origin(300000, 2800000, 0.5, 0.5), tiled=True, blockxsize=256, blockysize=256,
+                   compress="deflate", BIGTIFF="IF_SAFER")
+    rows = 512
+    with rasterio.open(path, "w", **profile) as dst:
+        for r0 in range(0, size, rows):
+            n = min(rows, size - r0)
+            ri = np.arange(r0, r0 + n) % th
+            band = tile[:, ri][:, :, np.arange(size) % tw]
+            dst.write(band, window=Window(0, r0, size, n))
+    return path
+
+
+def _child_segment(args) -> int:
+    """Run in a fresh process so that its peak RSS is the engine's alone."""
+    _common.setup(quiet=True)
+    from landcover_plugin.core.segment import SegmentOptions, segment
+
+    model = random_model(args.base_width, args.depth, args.tile, args.overlap)
+    out = os.path.join(args.workdir, "classes.tif")
+    t0 = time.perf_counter()
+    res = segment(args.raster, out, model, confidence_path=os.path.join(args.workdir, "confidence.tif") if
+                  args.confidence else None,
+                  options=SegmentOptions(device=args.device, batch_size=args.batch_size))
+    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "seconds": time.perf_counter() - t0, "mp_per_s": res.mp_per_s, "device": res.device}))
+    return 0
+
+
+def cmd_memory(args) -> dict:
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="landcover-bench-", dir=args.workdir) as tmp:
+        for size in args.sizes:
+            raster = make_raster(os.path.join(tmp, f"in_{size}.tif"), size)
+            out = subprocess.run([sys.executable, __file__, "_child", raster, "--workdir", tmp,
+                                  "--base-width", str(args.base_width), "--depth", str(args.depth),
+                                  "--tile", str(args.tile), "--overlap", str(args.overlap), "--device", args.device,
+                                  "--batch-size", str(args.batch_size), "--confidence"],
+                                 capture_output=True, text=True)
+            if out.returncode != 0:
+                raise SystemExit(out.stderr)
+            row = {"size": size, **json.loads(out.stdout.strip().splitlines()[-1])}
+            rows.append(row)
+            print(f"{size:>6} x {size:<6} peak RSS {row['peak_rss_mb']:8.1f} MB   {row['seconds']:7.1f} s   "
+                  f"{row['mp_per_s']:.2f} MP/s on {row['device']}", flush=True)
+            os.remove(raster)
+    result = {"bench": "memory", "rows": rows, "base_width": args.base_width, "depth": args.depth,
+              "tile": args.tile, "gdal_cachemax_mb": os.environ.get("GDAL_CACHEMAX")}
+    if len(rows) > 1:
+        result["ratio_largest_to_smallest"] = rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"]
+        print(f"ratio {result['ratio_largest_to_smallest']:.3f}")
+    return result
+
+
+def cmd_agreement(args) -> dict:
+    import rasterio
+
+    from landcover_plugin.core.model_file import load_model
+    from landcover_plugin.core.segment import SegmentOptions, segment
+
+    model = load_model(args.model) if args.model else random_model(args.base_width, args.depth, 512, args.overlap)
+    labels = {}
+    with tempfile.TemporaryDirectory(prefix="landcover-bench-", dir=args.workdir) as tmp:
+        for tile in args.tiles:
+            res = segment(args.raster or FIXTURE, os.path.join(tmp, f"c{tile}.tif"), model, log=lambda m: None,
+                          options=SegmentOptions(tile_size=tile, overlap=args.overlap, device=args.device))
+            with rasterio.open(res.class_path) as ds:
+                labels[tile] = ds.read(1)
+    first = labels[args.tiles[0]]
+    rows = {f"{args.tiles[0]}_vs_{t}": float((first == labels[t]).mean()) for t in args.tiles[1:]}
+    for k, v in rows.items():
+        print(f"label agreement {k}: {100 * v:.3f}%")
+    return {"bench": "agreement", "agreement": rows, "model": args.model or f"random base {args.base_width}",
+            "overlap": args.overlap, "raster": os.path.basename(args.raster or FIXTURE)}
+
+
+def cmd_throughput(args) -> dict:
+    from landcover_plugin.core.segment import SegmentOptions, segment
+
+    model = random_model(args.base_width, args.depth, args.tile, args.overlap)
+    with tempfile.TemporaryDirectory(prefix="landcover-bench-", dir=args.workdir) as tmp:
+        raster = make_raster(os.path.join(tmp, "in.tif"), args.size)
+        segment(raster, os.path.join(tmp, "warm.tif"), model, log=lambda m: None,  # warm-up: allocator, kernels
+                options=SegmentOptions(tile_size=args.tile, device=args.device, batch_size=args.batch_size,
+                                       extent=(300000, 2800000 - 0.5 * args.tile, 300000 + 0.5 * args.tile,
+                                               2800000)))
+        best = None
+        for _ in range(args.repeat):
+            res = segment(raster, os.path.join(tmp, "c.tif"), model, log=lambda m: None,
+                          options=SegmentOptions(tile_size=args.tile, overlap=args.overlap, device=args.device,
+                                                 batch_size=args.batch_size))
+            best = res if best is None or res.mp_per_s > best.mp_per_s else best
+    print(f"U-Net base {args.base_width} depth {args.depth}, tile {args.tile}, {args.size} x {args.size}: "
+          f"{best.mp_per_s:.3f} MP/s on {best.device} (batch {best.batch_size})")
+    return {"bench": "throughput", "mp_per_s": best.mp_per_s, "device": best.device, "batch": best.batch_size,
+            "base_width": args.base_width, "depth": args.depth, "tile": args.tile, "size": args.size}
+
+
+def cmd_model(args) -> dict:
+    """Network alone on random windows already on the device: MP/s and FLOPs per pixel."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from landcover_plugin.core.device import amp_dtype, resolve_device
+
+    device = resolve_device(args.device)
+    net, _ = random_model(args.base_width, args.depth, args.tile, args.overlap)
+    net = net.to(device).to(memory_format=torch.channels_last)
+    batch = args.batch_size or 8
+    x = torch.randn(batch, 3, args.tile, args.tile, device=device).contiguous(memory_format=torch.channels_last)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        net(x[:1])
+    flops_per_pixel = counter.get_total_flops() / args.tile ** 2
+    rows = []
+    dtypes = [None, torch.bfloat16] + ([torch.float16] if device.type == "cuda" else [])
+    for dtype in dtypes:
+        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=bool(dtype)):
+            for _ in range(2):
+                net(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            n, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < args.seconds:
+                net(x)
+                n += 1
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t0
+        mp = n * batch * args.tile ** 2 / 1e6 / dt
+        rows.append({"dtype": str(dtype or "float32").replace("torch.", ""), "mp_per_s": mp,
+                     "tflop_per_s": mp * 1e6 * flops_per_pixel / 1e12})
+        print(f"{rows[-1]['dtype']:>9}: {mp:9.2f} MP/s  {rows[-1]['tflop_per_s']:8.2f} TFLOP/s", flush=True)
+    print(f"{flops_per_pixel / 1e3:.1f} kFLOP per pixel (U-Net base {args.base_width} depth {args.depth}); "
+          f"amp on this device: {amp_dtype(device)}")
+    return {"bench": "model", "flops_per_pixel": flops_per_pixel, "batch": batch, "tile": args.tile,
+            "base_width": args.base_width, "depth": args.depth, "device": str(device), "rows": rows}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def common(sp, base_width, tile=512):
+        sp.add_argument("--base-width", type=int, default=base_width)
+        sp.add_argument("--depth", type=int, default=4)
+        sp.add_argument("--tile", type=int, default=tile)
+        sp.add_argument("--overlap", type=int, default=64)
+        sp.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+        sp.add_argument("--batch-size", type=int, default=0)
+        sp.add_argument("--workdir", default=None, help="where temporary rasters go (default: system temp)")
+
+    m = sub.add_parser("memory", help="peak RSS by raster size (each in its own process)")
+    common(m, 8)
+    m.add_argument("--sizes", type=int, nargs="+", default=[2048, 16384])
+    a = sub.add_parser("agreement", help="label agreement between tile sizes")
+    common(a, 16)
+    a.add_argument("--tiles", type=int, nargs="+", default=[256, 1024])
+    a.add_argument("--model")
+    a.add_argument("--raster")
+    t = sub.add_parser("throughput", help="megapixels per second")
+    common(t, 32)
+    t.add_argument("--size", type=int, default=2048)
+    t.add_argument("--repeat", type=int, default=2)
+    n = sub.add_parser("model", help="the network alone: MP/s per precision, FLOPs per pixel")
+    common(n, 32)
+    n.add_argument("--seconds", type=float, default=5.0)
+    c = sub.add_parser("_child")
+    c.add_argument("raster")
+    common(c, 8)
+    c.add_argument("--confidence", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.cmd == "_child":
+        return _child_segment(args)
+    _common.setup(quiet=True)
+    commands = {"memory": cmd_memory, "agreement": cmd_agreement, "throughput": cmd_throughput, "model": cmd_model}
+    result = commands[args.cmd](args)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    _common.run_main(main)

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Everything that needs a CUDA GPU, in one run: the CUDA tests and the engine's GPU figures.
+# Run from the repository root on a machine with an NVIDIA GPU; results go to $OUT (default ./gpu_output).
+# Python packages the GPU image lacks may be passed as wheels in .whl/ (see the README).
+set -uo pipefail
+OUT=${OUT:-gpu_output}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 GDAL_CACHEMAX=256
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site
+fi
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  python3 -c "import torch, numpy, rasterio; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'numpy', numpy.__version__, 'rasterio', rasterio.__version__, rasterio.__gdal_version__)"
+  nproc
+} 2>&1 | tee "$OUT/env.txt"
+
+timeout 150 python3 -m pytest -q -p no:cacheprovider tests/unit/test_segment.py tests/unit/test_unet.py \
+  tests/unit/test_windows.py tests/unit/test_blend.py tests/unit/test_model_file.py -rs 2>&1 | tee "$OUT/tests.txt" | tail -15
+
+nvidia-smi dmon -s u -d 1 > "$OUT/dmon.txt" 2>&1 &
+DMON=$!
+{
+  for b in 8 32; do python3 scripts/bench.py model --device cuda --tile 512 --batch-size $b --seconds 4; done
+  for tb in "512 8" "512 32" "1024 8"; do
+    set -- $tb
+    python3 scripts/bench.py throughput --device cuda --tile $1 --batch-size $2 --size 4096 --repeat 2 --workdir /tmp
+  done
+  python3 scripts/bench.py memory --device cuda --sizes 2048 16384 --workdir /tmp
+} 2>&1 | tee "$OUT/bench.txt"
+kill $DMON 2>/dev/null
+echo done
