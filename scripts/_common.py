@@ -11,7 +11,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 # GDAL caches up to 5% of RAM by default; a command-line run keeps it modest so
 # that memory stays flat on large rasters.
-os.environ.setdefault("GDAL_CACHEMAX", "128")
+os.environ.setdefault("GDAL_CACHEMAX", "64")
 
 
 def setup(quiet: bool = False) -> None:

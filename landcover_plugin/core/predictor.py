@@ -15,7 +15,9 @@ class Predictor:
         self.batch_size = batch_size
         self.tta = tta
         self.amp = amp_dtype(device)
-        self.net = network.to(device).eval().to(memory_format=torch.channels_last)
+        from .unet import fused_for_inference
+
+        self.net = fused_for_inference(network).to(device).to(memory_format=torch.channels_last)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.weights = torch.from_numpy(weights).to(device)

