@@ -5,6 +5,7 @@
     python scripts/bench.py agreement [--tiles 256 1024] [--model FILE]
     python scripts/bench.py throughput [--base-width 32 --tile 512 --size 2048 --device cpu]
     python scripts/bench.py model [--base-width 32 --tile 512 --device cuda --batch-size 16]
+    python scripts/bench.py polygons [--size 10000 --min-area 4 --simplify 0 1]
 
 Each prints a table and, last, one line of JSON. Rasters are built from the committed
 Dubai fixture, mirrored to fill the size, tiled and compressed like real orthophotos.
@@ -201,6 +202,72 @@ def cmd_model(args) -> dict:
             "base_width": args.base_width, "depth": args.depth, "device": str(device), "rows": rows}
 
 
+def make_class_raster(path: str, size: int, seed: int = 0) -> str:
+    """A size x size class raster with land-cover-like regions (blobs of 5 classes, some speckle), by blocks."""
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+
+    from landcover_plugin.core.outputs import class_profile
+
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 5, (size // 32 + 2, size // 32 + 2)).astype(np.uint8)
+    with rasterio.open(path, "w", **class_profile(size, size, "EPSG:32640",
+                                                  from_origin(300000, 2800000, 0.5, 0.5))) as dst:
+        for r0 in range(0, size, 1024):
+            n = min(1024, size - r0)
+            yy, xx = np.mgrid[r0:r0 + n, 0:size]
+            # wobbly region borders: offset the coarse grid lookup by smooth waves
+            cy = ((yy + 9 * np.sin(xx / 23.0)) // 32).astype(int) + 1
+            cx = ((xx + 9 * np.cos(yy / 19.0)) // 32).astype(int) + 1
+            labels = coarse[np.clip(cy, 0, coarse.shape[0] - 1), np.clip(cx, 0, coarse.shape[1] - 1)]
+            speckle = rng.random(labels.shape) < 0.002
+            labels[speckle] = rng.integers(0, 5, speckle.sum())
+            dst.write(labels, 1, window=Window(0, r0, size, n))
+    return path
+
+
+def _child_polygons(args) -> int:
+    _common.setup(quiet=True)
+    import rasterio
+
+    from landcover_plugin.core.classes import DEFAULT_CLASSES
+    from landcover_plugin.core.geo import ground_geometry
+    from landcover_plugin.core.vectorize import sieve, vectorize
+
+    with rasterio.open(args.raster) as ds:
+        geometry = ground_geometry(ds.crs, ds.transform, ds.height)
+    t0 = time.perf_counter()
+    if args.min_area:
+        sieve(args.raster, geometry.pixels_for_area(args.min_area))
+    t1 = time.perf_counter()
+    n = vectorize(args.raster, None, os.path.join(args.workdir, "polygons.gpkg"), DEFAULT_CLASSES, geometry,
+                  simplify=args.simplify)
+    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "polygons": n,
+                      "sieve_s": t1 - t0, "polygonize_s": time.perf_counter() - t1}))
+    return 0
+
+
+def cmd_polygons(args) -> dict:
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="landcover-bench-", dir=args.workdir) as tmp:
+        base = make_class_raster(os.path.join(tmp, "classes.tif"), args.size)
+        for simplify in args.simplify:
+            raster = os.path.join(tmp, f"c{simplify}.tif")
+            subprocess.run(["cp", base, raster], check=True)
+            out = subprocess.run([sys.executable, __file__, "_polygons", raster, "--workdir", tmp, "--min-area",
+                                  str(args.min_area), "--simplify", str(simplify)], capture_output=True, text=True)
+            if out.returncode != 0:
+                raise SystemExit(out.stderr)
+            row = {"size": args.size, "simplify": simplify, **json.loads(out.stdout.strip().splitlines()[-1])}
+            rows.append(row)
+            print(f"{args.size} x {args.size}, min area {args.min_area} m2, simplify {simplify}: "
+                  f"{row['polygons']} polygons, sieve {row['sieve_s']:.1f} s, polygons {row['polygonize_s']:.1f} s, "
+                  f"peak RSS {row['peak_rss_mb']:.0f} MB", flush=True)
+    return {"bench": "polygons", "rows": rows}
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -229,6 +296,16 @@ def parse_args(argv=None):
     n = sub.add_parser("model", help="the network alone: MP/s per precision, FLOPs per pixel")
     common(n, 32)
     n.add_argument("--seconds", type=float, default=5.0)
+    g = sub.add_parser("polygons", help="sieve and polygons of a large class raster: time and peak RSS")
+    g.add_argument("--size", type=int, default=10000)
+    g.add_argument("--min-area", type=float, default=4.0, help="square metres (pixels are 0.5 m)")
+    g.add_argument("--simplify", type=float, nargs="+", default=[0.0, 1.0])
+    g.add_argument("--workdir", default=None)
+    gp = sub.add_parser("_polygons")
+    gp.add_argument("raster")
+    gp.add_argument("--workdir")
+    gp.add_argument("--min-area", type=float, default=0.0)
+    gp.add_argument("--simplify", type=float, default=0.0)
     c = sub.add_parser("_child")
     c.add_argument("raster")
     common(c, 8)
@@ -240,8 +317,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.cmd == "_child":
         return _child_segment(args)
+    if args.cmd == "_polygons":
+        return _child_polygons(args)
     _common.setup(quiet=True)
-    commands = {"memory": cmd_memory, "agreement": cmd_agreement, "throughput": cmd_throughput, "model": cmd_model}
+    commands = {"memory": cmd_memory, "agreement": cmd_agreement, "throughput": cmd_throughput, "model": cmd_model,
+                "polygons": cmd_polygons}
     result = commands[args.cmd](args)
     print(json.dumps(result))
     return 0
