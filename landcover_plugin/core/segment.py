@@ -89,11 +89,12 @@ def segment(input_path: str, class_path: str, model=None, confidence_path: str |
     progress = progress or (lambda f: None)
     cancel = cancel or (lambda: False)
     start = time.perf_counter()
+    _check_paths(input_path, class_path, confidence_path, vector_path)
     network, spec = model if isinstance(model, tuple) else load_model(resolve_model_path(model))
     files = outputs.OutputSet()
     try:
         # NUM_THREADS: GDAL decodes the blocks of one read on several cores (GeoTIFF, GDAL >= 3.6)
-        with rasterio.open(input_path, NUM_THREADS="ALL_CPUS") as src, rasterio.open(input_path) as mask_src:
+        with _open_input(input_path, NUM_THREADS="ALL_CPUS") as src, _open_input(input_path) as mask_src:
             job = _Job(src, mask_src, spec, opts, log)
             tmp_class = files.temp_for(class_path)
             tmp_conf = files.temp_for(confidence_path) if confidence_path else None
@@ -126,6 +127,21 @@ def segment(input_path: str, class_path: str, model=None, confidence_path: str |
     log(f"Classified {result.megapixels:.2f} MP in {infer_s:.1f} s on {device}: {result.mp_per_s:.2f} MP/s "
         f"(batch {batch}, tile {job.tile}, overlap {job.overlap}); whole job {result.seconds:.1f} s.")
     return result
+
+
+def _check_paths(input_path, *outputs_):
+    given = [os.path.abspath(p) for p in outputs_ if p]
+    if os.path.abspath(input_path) in given:
+        raise InputError("An output path is the input raster itself; choose another output file.")
+    if len(set(given)) != len(given):
+        raise InputError("Two outputs have the same path; give each output its own file.")
+
+
+def _open_input(path, **options):
+    try:
+        return rasterio.open(path, **options)
+    except rasterio.errors.RasterioIOError as exc:
+        raise InputError(f"The input {path} cannot be opened as a raster ({exc}).") from None
 
 
 class _Job:

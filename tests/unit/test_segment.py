@@ -295,3 +295,17 @@ def test_cuda_matches_cpu(tmp_path, utm_raster, model_file):
 def test_cuda_tta_and_auto_batch(tmp_path, utm_raster, model_file):
     res = segment(utm_raster, str(tmp_path / "b.tif"), model_file, options=SegmentOptions(device="auto", tta=True))
     assert res.device.startswith("cuda") and res.batch_size >= 1
+
+
+def test_bad_paths_are_refused_before_any_work(tmp_path, utm_raster, model_file):
+    with pytest.raises(InputError, match="input raster itself"):
+        segment(utm_raster, utm_raster, model_file)
+    with pytest.raises(InputError, match="same path"):
+        segment(utm_raster, str(tmp_path / "a.tif"), model_file, confidence_path=str(tmp_path / "a.tif"))
+    with pytest.raises(InputError, match="folder .* does not exist"):
+        segment(utm_raster, str(tmp_path / "nope" / "a.tif"), model_file)
+    junk = tmp_path / "junk.tif"
+    junk.write_bytes(b"not a raster")
+    with pytest.raises(InputError, match="cannot be opened as a raster"):
+        segment(str(junk), str(tmp_path / "b.tif"), model_file)
+    assert sorted(os.listdir(tmp_path)) == ["junk.tif"]
