@@ -161,10 +161,17 @@ def _records(layer, stats, names, simplify) -> Iterator[Region]:
         return
     import shapely
 
-    feats = [(f.GetFID(), f.GetField("class_id"), bytes(f.GetGeometryRef().ExportToIsoWkb())) for f in layer]
-    geoms = shapely.from_wkb([g for _, _, g in feats])
+    # Coverage simplification needs every polygon at once: memory grows with the number
+    # of polygons here (about 1 GB for 50 000), unlike the streaming path above.
+    keys, wkbs = [], []
+    for f in layer:
+        keys.append((f.GetFID(), f.GetField("class_id")))
+        wkbs.append(bytes(f.GetGeometryRef().ExportToIsoWkb()))
+    geoms = shapely.from_wkb(wkbs)
+    del wkbs
     simple = shapely.coverage_simplify(geoms, simplify, simplify_boundary=True)
-    for (fid, cid, _), g in zip(feats, simple):
+    del geoms
+    for (fid, cid), g in zip(keys, simple):
         if g is None or g.is_empty:
             continue
         a = area[fid]
