@@ -6,7 +6,6 @@ import logging
 import math
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -16,7 +15,6 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from . import outputs
-from .blend import StripBlender
 from .classes import NODATA_CLASS
 from .device import auto_batch, describe, resolve_device, torch_or_error
 from .errors import Cancelled, InputError
@@ -24,7 +22,8 @@ from .geo import ground_geometry
 from .model_file import ModelSpec, load_model, resolve_model_path
 from .reader import Region, WindowReader, read_valid
 from .rowbuffer import RowBuffer
-from .windows import blend_weights, window_grid
+from .sliding import slide
+from .windows import blend_weights
 
 logger = logging.getLogger("landcover")
 GSD_TOLERANCE = 0.10
@@ -93,8 +92,10 @@ def segment(input_path: str, class_path: str, model=None, confidence_path: str |
     network, spec = model if isinstance(model, tuple) else load_model(resolve_model_path(model))
     files = outputs.OutputSet()
     try:
-        # NUM_THREADS: GDAL decodes the blocks of one read on several cores (GeoTIFF, GDAL >= 3.6)
-        with _open_input(input_path, NUM_THREADS="ALL_CPUS") as src, _open_input(input_path) as mask_src:
+        # GDAL_NUM_THREADS: GeoTIFF decodes the blocks of one read on several cores (GDAL >= 3.6);
+        # as a config option rather than an open option, other drivers do not warn about it.
+        with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"), _open_input(input_path) as src, \
+                _open_input(input_path) as mask_src:
             job = _Job(src, mask_src, spec, opts, log)
             tmp_class = files.temp_for(class_path)
             tmp_conf = files.temp_for(confidence_path) if confidence_path else None
@@ -236,46 +237,18 @@ class _Job:
             cls_ds.update_tags(MODEL=spec.name, DEVICE=device.type, TILE_SIZE=self.tile, OVERLAP=self.overlap)
             final = _LabelWriter(ids, cls_ds, conf_ds, lambda r, n: read_valid(self.mask_src, self.bands, region, r, n))
             if self.scale == 1.0:
-                self._slide(reader, predictor, final.sink(region.width, region.height, self.tile), progress, cancel)
+                slide(reader, predictor, self.spec.num_classes, self.tile, self.overlap,
+                      final.sink(region.width, region.height, self.tile), progress, cancel)
             else:
                 prob_path = files.scratch(os.path.dirname(os.path.abspath(class_path)), ".tif")
                 prob_profile = outputs.geotiff_profile(reader.width, reader.height, None, rasterio.Affine.identity(),
                                                        "uint8", None, count=len(ids))
                 with rasterio.open(prob_path, "w", **prob_profile) as prob_ds:
-                    self._slide(reader, predictor, _prob_sink(prob_ds, reader.width, reader.height, self.tile),
-                                progress, cancel)
+                    slide(reader, predictor, self.spec.num_classes, self.tile, self.overlap,
+                          _prob_sink(prob_ds, reader.width, reader.height, self.tile), progress, cancel)
                 with rasterio.open(prob_path) as prob_ds:
                     final.from_probabilities(prob_ds, region.width, region.height, self.scale, cancel)
         return describe(device), predictor.batch_size
-
-    def _slide(self, reader: WindowReader, predictor, sink, progress: Progress, cancel: Cancel) -> None:
-        put, done_until = sink
-        ys, xs = window_grid(reader.height, reader.width, self.tile, self.overlap)
-        blender = StripBlender(reader.height, reader.width, self.spec.num_classes, self.tile, self.overlap, ys, xs,
-                               put, done_until, device=predictor.device)
-        order = [(k, j) for k in range(len(ys)) for j in range(len(xs))]
-        batches = [order[i:i + predictor.batch_size] for i in range(0, len(order), predictor.batch_size)]
-
-        def load(batch):
-            return [(k, j, *reader.read(int(ys[k]), int(xs[j]), self.tile)) for k, j in batch]
-
-        # The next batch is read while the network runs on this one (GDAL releases the GIL).
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(load, batches[0])
-            done = 0
-            for i in range(len(batches)):
-                items = pending.result()
-                if i + 1 < len(batches):
-                    pending = pool.submit(load, batches[i + 1])
-                if cancel():
-                    raise Cancelled("Cancelled; no output was written.")
-                valid = [data for _, _, data, ok in items if ok]
-                scores = iter(predictor(np.stack(valid)) if valid else ())
-                for k, j, _, ok in items:
-                    blender.add(k, j, next(scores) if ok else None)
-                done += len(items)
-                progress(done / len(order))
-
 
 def _torch():
     return torch_or_error()

@@ -1,0 +1,74 @@
+"""The sliding-window loop: read windows, run the network, blend, hand finished blocks to a sink."""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .blend import StripBlender
+from .errors import Cancelled
+from .windows import reflect_index, window_grid
+
+
+def slide(reader, predictor, num_classes: int, tile: int, overlap: int, sink, progress=None, cancel=None) -> None:
+    """Run `predictor` over every window of `reader` (model pixel space) and blend into `sink`.
+
+    reader: .height, .width and .read(y, x, tile) -> (window array, any pixel valid).
+    sink: (put(row, col, scores tensor), done_until(row)).
+    """
+    progress = progress or (lambda f: None)
+    cancel = cancel or (lambda: False)
+    put, done_until = sink
+    ys, xs = window_grid(reader.height, reader.width, tile, overlap)
+    blender = StripBlender(reader.height, reader.width, num_classes, tile, overlap, ys, xs, put, done_until,
+                           device=predictor.device)
+    order = [(k, j) for k in range(len(ys)) for j in range(len(xs))]
+    batches = [order[i:i + predictor.batch_size] for i in range(0, len(order), predictor.batch_size)]
+
+    def load(batch):
+        return [(k, j, *reader.read(int(ys[k]), int(xs[j]), tile)) for k, j in batch]
+
+    # The next batch is read while the network runs on this one (GDAL releases the GIL).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(load, batches[0])
+        done = 0
+        for i in range(len(batches)):
+            items = pending.result()
+            if i + 1 < len(batches):
+                pending = pool.submit(load, batches[i + 1])
+            if cancel():
+                raise Cancelled("Cancelled; no output was written.")
+            valid = [data for _, _, data, ok in items if ok]
+            scores = iter(predictor(np.stack(valid)) if valid else ())
+            for k, j, _, ok in items:
+                blender.add(k, j, next(scores) if ok else None)
+            done += len(items)
+            progress(done / len(order))
+
+
+class ArrayReader:
+    """The WindowReader interface over an in-memory (bands, H, W) array, for validation during training."""
+
+    def __init__(self, image: np.ndarray):
+        self.image = image
+        self.height, self.width = image.shape[1:]
+
+    def read(self, y: int, x: int, tile: int):
+        iy = reflect_index(np.arange(y, y + tile), self.height)
+        ix = reflect_index(np.arange(x, x + tile), self.width)
+        return self.image[:, iy][:, :, ix], True
+
+
+def predict_array(predictor, image: np.ndarray, num_classes: int, tile: int, overlap: int) -> np.ndarray:
+    """Class indices (H, W) for an in-memory image, blended exactly as the engine blends rasters."""
+    import torch
+
+    h, w = image.shape[1:]
+    out = np.zeros((h, w), np.uint8)
+
+    def put(r, c, scores):
+        idx = scores.argmax(dim=0).to(dtype=torch.uint8).cpu().numpy()
+        out[r:r + idx.shape[0], c:c + idx.shape[1]] = idx
+
+    slide(ArrayReader(image), predictor, num_classes, tile, overlap, (put, lambda row: None))
+    return out
