@@ -54,8 +54,8 @@ def make_model(seed=0, base_width=8, depth=2, tile=128, overlap=32, gsd=None, cl
     return net, spec
 
 
-def write_raster(path, data, crs=None, transform=None, nodata=None, alpha=False, **extra):
-    """A GeoTIFF of `data`; with alpha=True the last band is an alpha band."""
+def write_raster(path, data, crs=None, transform=None, nodata=None, alpha=False, driver="GTiff", **extra):
+    """A GeoTIFF (or another GDAL format) of `data`; with alpha=True the last band is an alpha band."""
     import rasterio
     from rasterio.enums import ColorInterp
     from rasterio.transform import Affine
@@ -63,7 +63,7 @@ def write_raster(path, data, crs=None, transform=None, nodata=None, alpha=False,
     data = np.asarray(data)
     if data.ndim == 2:
         data = data[None]
-    profile = dict(driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+    profile = dict(driver=driver, width=data.shape[2], height=data.shape[1], count=data.shape[0],
                    dtype=str(data.dtype), transform=transform or Affine.identity(), **extra)
     if crs is not None:
         profile["crs"] = crs

@@ -34,6 +34,9 @@ def combined_loss(kind: str, weight=None):
         raise ValueError(f"unknown loss {kind!r}; choose dice or focal")
 
     def loss(logits, target):
+        if not (target != IGNORE).any():
+            # a batch with nothing labelled: cross-entropy's mean would be 0/0 and poison the weights
+            return logits.sum() * 0
         ce = F.cross_entropy(logits.float(), target, weight=weight, ignore_index=IGNORE)
         extra = dice_loss(logits, target) if kind == "dice" else focal_loss(logits, target, weight)
         return ce + extra

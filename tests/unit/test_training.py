@@ -1,0 +1,175 @@
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_raster
+
+from landcover_plugin.core.errors import InputError
+from landcover_plugin.core.losses import combined_loss, dice_loss
+from landcover_plugin.core.model_file import load_model
+from landcover_plugin.core.train_data import Labelled, WindowSampler, load_pairs, read_image, split
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TRAIN = os.path.join(ROOT, "scripts", "train.py")
+COLOURS = np.array([[200, 180, 150], [180, 40, 30], [40, 140, 60], [30, 90, 200], [90, 90, 90]], np.float32)
+
+
+def _pattern(seed, size=96):
+    """A learnable scene: rectangles whose colour gives their class, with noise."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((size, size), np.uint8)
+    for _ in range(8):
+        c = rng.integers(1, 5)
+        y, x = rng.integers(0, size - 16, 2)
+        h, w = rng.integers(10, 40, 2)
+        mask[y:y + h, x:x + w] = c
+    img = COLOURS[mask].transpose(2, 0, 1) + rng.normal(0, 12, (3, size, size))
+    return np.clip(img, 0, 255).astype(np.uint8), mask
+
+
+@pytest.fixture(scope="module")
+def pattern_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pattern")
+    (d / "images").mkdir()
+    (d / "masks").mkdir()
+    for i in range(6):
+        img, mask = _pattern(i)
+        mask[:3, :3] = 255  # some ignored pixels
+        write_raster(d / "images" / f"scene{i}.tif", img)
+        write_raster(d / "masks" / f"scene{i}.png", mask, driver="PNG")
+    return d
+
+
+def _train(*args, cwd=None, env=None):
+    return subprocess.run([sys.executable, TRAIN, *args], capture_output=True, text=True, timeout=300, cwd=cwd,
+                          env=env)
+
+
+COMMON = ["--tile", "64", "--infer-tile", "64", "--infer-overlap", "8", "--base-width", "8", "--depth", "2",
+          "--batch-size", "8", "--workers", "0", "--device", "cpu", "--val-pattern", "scene[45]", "--passes", "4"]
+
+
+def _history(log_dir):
+    with open(os.path.join(log_dir, "epochs.csv")) as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_training_learns_a_pattern_well_above_chance(tmp_path, pattern_dir):
+    out = tmp_path / "m.safetensors"
+    r = _train(str(pattern_dir / "images"), str(pattern_dir / "masks"), "--out", str(out), "--epochs", "20",
+               "--lr", "5e-3", *COMMON)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = _history(str(tmp_path / "m_log"))
+    first, best = float(rows[0]["val_miou"]), max(float(r["val_miou"]) for r in rows)
+    assert best > 0.7 and best > first, rows
+    net, spec = load_model(str(out))
+    assert spec.training["validation"]["val_miou"] == pytest.approx(best, abs=1e-4)
+    assert spec.training["validation_files"] == ["scene4", "scene5"]
+    assert spec.tile_size == 64 and spec.overlap == 8 and len(spec.mean) == 3
+    for name in ("curves.png", "confusion.png", "checkpoint.pt"):
+        assert os.path.getsize(tmp_path / "m_log" / name) > 0
+    assert json.loads(r.stdout.strip().splitlines()[-1])["best_val_miou"] == pytest.approx(best, abs=1e-4)
+
+
+def test_resume_continues_from_the_checkpoint(tmp_path, pattern_dir):
+    out = tmp_path / "m.safetensors"
+    base = [str(pattern_dir / "images"), str(pattern_dir / "masks"), "--out", str(out), *COMMON, "--passes", "1"]
+    assert _train(*base, "--epochs", "2").returncode == 0
+    r = _train(*base, "--epochs", "3", "--resume")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resumed after epoch 2" in r.stderr
+    assert [row["epoch"] for row in _history(str(tmp_path / "m_log"))] == ["1", "2", "3"]
+    shutil.rmtree(tmp_path / "m_log")
+    r = _train(*base, "--epochs", "3", "--resume")
+    assert r.returncode == 2 and "no checkpoint" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_two_process_ddp_on_cpu(tmp_path, pattern_dir):
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun is not installed")
+    out = tmp_path / "ddp.safetensors"
+    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", TRAIN, str(pattern_dir / "images"),
+                        str(pattern_dir / "masks"), "--out", str(out), "--epochs", "2", *COMMON],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(_history(str(tmp_path / "ddp_log"))) == 2
+    load_model(str(out))
+
+
+def test_custom_class_table(tmp_path, pattern_dir):
+    classes = [{"id": i, "name": f"c{i}", "color": "#%02x%02x%02x" % tuple(COLOURS[i].astype(int))}
+               for i in range(5)] + [{"id": 9, "name": "unused", "color": "#ffffff"}]
+    (tmp_path / "classes.json").write_text(json.dumps(classes))
+    out = tmp_path / "m.safetensors"
+    r = _train(str(pattern_dir / "images"), str(pattern_dir / "masks"), "--out", str(out), "--epochs", "1",
+               "--classes", str(tmp_path / "classes.json"), *COMMON)
+    assert r.returncode == 0, r.stderr[-2000:]
+    _, spec = load_model(str(out))
+    assert [c.id for c in spec.classes] == [0, 1, 2, 3, 4, 9] and spec.classes[5].name == "unused"
+    bad = [{"id": 0, "name": "only"}]
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    r = _train(str(pattern_dir / "images"), str(pattern_dir / "masks"), "--out", str(out), "--classes",
+               str(tmp_path / "bad.json"), *COMMON)
+    assert r.returncode == 2 and "color" in r.stderr
+
+
+def test_masks_with_unknown_ids_are_refused(tmp_path):
+    img, mask = _pattern(0, 32)
+    mask[0, 0] = 7
+    write_raster(tmp_path / "a.tif", img)
+    write_raster(tmp_path / "a_mask.png", mask, driver="PNG")
+    with pytest.raises(InputError, match="class ids \\[7\\]"):
+        load_pairs([(str(tmp_path / "a.tif"), str(tmp_path / "a_mask.png"))], (1, 2, 3), range(5))
+
+
+def test_plain_images_read_without_gdal(tmp_path, monkeypatch):
+    img, mask = _pattern(1, 40)
+    path = write_raster(tmp_path / "m.png", mask, driver="PNG")
+    expected = read_image(path)
+    monkeypatch.setitem(sys.modules, "rasterio", None)  # as on a machine without rasterio
+    np.testing.assert_array_equal(read_image(path), expected)
+
+
+def test_split_by_pattern_and_by_fraction():
+    items = [Labelled(f"tile{t}_part{p}", np.zeros((3, 4, 4), np.uint8), np.zeros((4, 4), np.uint8))
+             for t in (1, 2, 3) for p in (1, 2)]
+    train, val = split(items, r"^tile(2)_", 0.0, 0)
+    assert [s.name for s in val] == ["tile2_part1", "tile2_part2"] and len(train) == 4
+    a = split(items, None, 0.34, seed=5)
+    b = split(items, None, 0.34, seed=5)
+    assert [s.name for s in a[1]] == [s.name for s in b[1]] and len(a[1]) == 2
+    with pytest.raises(InputError, match="No training images"):
+        split(items, "tile", 0.0, 0)
+
+
+def test_window_sampling_is_reproducible_and_favours_rare_classes():
+    img, mask = _pattern(3, 128)
+    mask[:] = 0
+    mask[60:64, 60:64] = 3  # a rare class: 16 of 16384 pixels
+    items = [Labelled("a", img, mask)]
+    s = WindowSampler(items, range(5), 32, rare_fraction=0.5, seed=1)
+    a, b = s.draw(2, 7), s.draw(2, 7)
+    np.testing.assert_array_equal(a[0], b[0])
+    rare = sum((s.draw(0, i)[1] == 3).any() for i in range(200))
+    plain = WindowSampler(items, range(5), 32, rare_fraction=0.0, seed=1)
+    rare_plain = sum((plain.draw(0, i)[1] == 3).any() for i in range(200))
+    assert rare > 2 * rare_plain and rare > 60
+
+
+def test_losses_ignore_255_and_reward_the_right_answer():
+    target = torch.randint(0, 4, (2, 16, 16))
+    target[:, :2] = 255
+    good = torch.nn.functional.one_hot(target.clamp(max=3), 4).permute(0, 3, 1, 2).float() * 20
+    bad = torch.roll(good, 1, dims=1)
+    assert dice_loss(good, target) < 0.01 < dice_loss(bad, target)
+    for kind in ("dice", "focal"):
+        loss = combined_loss(kind, torch.ones(4))
+        assert loss(good, target) < loss(bad, target)
+        assert torch.isfinite(loss(good, torch.full_like(target, 255)))
