@@ -88,6 +88,9 @@ def save_model(path: str, network, spec: ModelSpec) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         save_file(state, tmp, metadata={METADATA_KEY: json.dumps(spec.to_dict())})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # safetensors creates files readable by their owner only
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

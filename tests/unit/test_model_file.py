@@ -155,3 +155,17 @@ def test_missing_model_file_and_default():
 def test_spec_from_dict_round_trip():
     _, spec = make_model(calibrate=False)
     assert ModelSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_bundled_default_model_is_valid_and_small():
+    from landcover_plugin.core.model_file import default_model_path
+
+    path = default_model_path()
+    if not os.path.exists(path):
+        pytest.skip("no bundled default model")
+    assert os.path.getsize(path) < 20 * 1024 * 1024
+    net, spec = load_model(path)
+    assert [c.name for c in spec.classes] == ["background", "building", "woodland/vegetation", "water", "road"]
+    assert spec.training["engine_evaluation"]["miou"] > 0.4
+    with torch.no_grad():
+        assert net(torch.zeros(1, 3, 64, 64)).shape == (1, 5, 64, 64)

@@ -104,7 +104,7 @@ def test_two_process_ddp_on_cpu(tmp_path, pattern_dir):
 
 
 def test_custom_class_table(tmp_path, pattern_dir):
-    classes = [{"id": i, "name": f"c{i}", "color": "#%02x%02x%02x" % tuple(COLOURS[i].astype(int))}
+    classes = [{"id": i, "name": f"c{i}", "color": "#{:02x}{:02x}{:02x}".format(*COLOURS[i].astype(int))}
                for i in range(5)] + [{"id": 9, "name": "unused", "color": "#ffffff"}]
     (tmp_path / "classes.json").write_text(json.dumps(classes))
     out = tmp_path / "m.safetensors"
