@@ -6,9 +6,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := qgis python3-qgis qgis-providers gdal-bin python3-gdal python3-rasterio python3-scipy xvfb
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: help system venv test test-unit lint bench clean
+DEMO_INPUT := tests/data/dubai_tile7_005_crop.tif
+
+.PHONY: help system venv test test-unit lint bench demo clean
 
 help:
+	@echo "make demo   classify the sample image with the bundled model into demo_output/"
 	@echo "make test   install what is missing, then lint and run all tests"
 	@echo "make lint   ruff over the code"
 	@echo "make bench  engine memory and throughput figures"
@@ -41,6 +44,10 @@ test-unit: venv
 
 test: venv lint
 	$(PY) -m pytest -q tests
+
+# The engine on the bundled sample and model; the QGIS Processing run replaces it with the plugin.
+demo: venv
+	$(PY) scripts/segment.py $(DEMO_INPUT) demo_output --min-area 4 --simplify 1
 
 bench: venv
 	$(PY) scripts/bench.py memory

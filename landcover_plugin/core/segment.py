@@ -60,6 +60,7 @@ class SegmentResult:
     inference_seconds: float
     areas: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
+    area_units: str = "m"  # "m" (areas in m2) or "pixels" without georeferencing
 
     @property
     def megapixels(self) -> float:
@@ -124,7 +125,7 @@ def segment(input_path: str, class_path: str, model=None, confidence_path: str |
     progress(1.0)
     result = SegmentResult(class_path, confidence_path, vector_path, spec, device, batch, job.tile, job.overlap,
                            job.scale, job.region.width, job.region.height, time.perf_counter() - start, infer_s,
-                           areas, job.warnings)
+                           areas, job.warnings, job.geometry.units)
     log(f"Classified {result.megapixels:.2f} MP in {infer_s:.1f} s on {device}: {result.mp_per_s:.2f} MP/s "
         f"(batch {batch}, tile {job.tile}, overlap {job.overlap}); whole job {result.seconds:.1f} s.")
     return result

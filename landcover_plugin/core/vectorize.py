@@ -147,7 +147,12 @@ def _burn_fids(gdal, ids_ds, layer) -> int:
         layer.SetFeature(f)
         top = max(top, f.GetFID())
     layer.CommitTransaction()
-    gdal.RasterizeLayer(ids_ds, [1], layer, options=["ATTRIBUTE=rid"])
+    # Without a CRS GDAL warns that it cannot compare the layer's and raster's; they are the same grid.
+    gdal.PushErrorHandler("CPLQuietErrorHandler")
+    try:
+        gdal.RasterizeLayer(ids_ds, [1], layer, options=["ATTRIBUTE=rid"])
+    finally:
+        gdal.PopErrorHandler()
     ids_ds.FlushCache()
     return top
 

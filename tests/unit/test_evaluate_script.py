@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import FIXTURE, FIXTURE_MASK
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -40,3 +41,15 @@ def test_evaluate_errors_are_one_line(tmp_path, model_file):
     if not os.path.exists(os.path.join(ROOT, "landcover_plugin", "models", "landcover_default.safetensors")):
         out = _run(FIXTURE, FIXTURE_MASK)
         assert out.returncode == 2 and "No bundled default model" in out.stderr
+
+
+def test_segment_script_writes_every_output(tmp_path):
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "segment.py"), FIXTURE, str(tmp_path),
+                          "--min-area", "4", "--json"], capture_output=True, text=True, timeout=300)
+    if "No bundled default model" in out.stderr:
+        pytest.skip("no bundled default model")
+    assert out.returncode == 0, out.stderr
+    assert sorted(os.listdir(tmp_path)) == ["areas.csv", "classes.tif", "classes.tif.aux.xml", "confidence.tif",
+                                            "landcover.gpkg"]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert sum(a["pixels"] for a in result["areas"]) == 768 * 768
