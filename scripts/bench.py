@@ -50,6 +50,7 @@ def random_model(base_width: int, depth: int, tile: int, overlap: int, seed: int
 
     from landcover_plugin.core.classes import DEFAULT_CLASSES
     from landcover_plugin.core.model_file import ModelSpec, build_network
+    from landcover_plugin.core.unet import fit_batchnorm
 
     torch.manual_seed(seed)
     spec = ModelSpec(classes=DEFAULT_CLASSES, bands=(1, 2, 3), mean=(110.0, 110.0, 100.0), std=(50.0, 45.0, 45.0),
@@ -59,13 +60,7 @@ def random_model(base_width: int, depth: int, tile: int, overlap: int, seed: int
     with rasterio.open(FIXTURE) as ds:
         x = torch.from_numpy(ds.read(window=((0, 256), (0, 256))).astype(np.float32))[None]
     x = (x - torch.tensor(spec.mean).view(1, 3, 1, 1)) / torch.tensor(spec.std).view(1, 3, 1, 1)
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.momentum = None
-    net.train()
-    with torch.no_grad():
-        net(x)
-    return net.eval(), spec
+    return fit_batchnorm(net, x), spec
 
 
 def make_raster(path: str, size: int) -> str:

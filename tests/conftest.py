@@ -42,14 +42,10 @@ def make_model(seed=0, base_width=8, depth=2, tile=128, overlap=32, gsd=None, cl
                      gsd=gsd)
     net = build_network(spec)
     if calibrate:
+        from landcover_plugin.core.unet import fit_batchnorm
+
         x = torch.from_numpy(fixture_pixels()[:, :256, :256].astype(np.float32))[None]
-        x = (x - torch.tensor(spec.mean).view(1, 3, 1, 1)) / torch.tensor(spec.std).view(1, 3, 1, 1)
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.momentum = None
-        net.train()
-        with torch.no_grad():
-            net(x)
+        fit_batchnorm(net, (x - torch.tensor(spec.mean).view(1, 3, 1, 1)) / torch.tensor(spec.std).view(1, 3, 1, 1))
     net.eval()
     return net, spec
 

@@ -92,3 +92,20 @@ def fused_for_inference(net: nn.Module) -> nn.Module:
                     module[i] = fuse_conv_bn_eval(conv, bn)
                     module[i + 1] = nn.Identity()
     return fused
+
+
+def fit_batchnorm(net: nn.Module, images: torch.Tensor) -> nn.Module:
+    """Set every BatchNorm's statistics to those of `images` (normalised, N x C x H x W); returns net in eval mode.
+
+    A U-Net with random weights and default statistics answers one class everywhere.
+    With statistics fitted to real imagery its output varies across an image like a
+    trained model's, which is what benchmarks and blending tests need from it.
+    """
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the batches seen
+    net.train()
+    with torch.no_grad():
+        net(images)
+    return net.eval()
