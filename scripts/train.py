@@ -5,7 +5,8 @@
     torchrun --nproc_per_node=2 scripts/train.py ...      (several GPUs or processes)
 
 IMAGES/MASKS: folders of image/mask pairs (GeoTIFF, PNG, JPEG; masks of class ids,
-255 ignored), paired by name as in evaluate.py.
+255 ignored), paired by name as in evaluate.py. Or, as digitized in QGIS:
+--raster image.tif --vector labels.gpkg --class-field class_id (rasterized on the fly).
 """
 from __future__ import annotations
 
@@ -20,9 +21,15 @@ import _common
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("images", help="folder of images")
+    p.add_argument("images", nargs="?", help="folder of images")
     p.add_argument("masks", nargs="?", help="folder of masks (default: beside the images)")
     p.add_argument("--out", required=True, help="model file to write (.safetensors)")
+    p.add_argument("--raster", action="append", default=[],
+                   help="a raster labelled by --vector (repeat both for several)")
+    p.add_argument("--vector", action="append", default=[],
+                   help="polygons (GeoPackage, Shapefile, ...) whose --class-field holds class ids or names")
+    p.add_argument("--class-field", default="class_id")
+    p.add_argument("--layer", help="layer of the vector files (default: the first)")
     p.add_argument("--log-dir", help="checkpoint, epochs.csv, curves.png, confusion.png (default: OUT without "
                                      "extension + _log)")
     p.add_argument("--classes", help="JSON file: a list of {id, name, color} (default: the five LandCover.ai classes)")
@@ -62,7 +69,7 @@ def main(argv=None) -> int:
     from landcover_plugin.core.classes import DEFAULT_CLASSES, parse_classes
     from landcover_plugin.core.errors import InputError, ModelFileError
     from landcover_plugin.core.pairs import pair_files
-    from landcover_plugin.core.train_data import load_pairs, split
+    from landcover_plugin.core.train_data import load_pairs, load_vector_labels, split
     from landcover_plugin.core.trainer import TrainConfig, train
 
     classes = DEFAULT_CLASSES
@@ -75,8 +82,13 @@ def main(argv=None) -> int:
         except ModelFileError as exc:
             raise InputError(str(exc)) from None
     bands = tuple(args.bands or (1, 2, 3))
-    pairs = pair_files(args.images, args.masks)
-    items = load_pairs(pairs, bands, [c.id for c in classes])
+    if len(args.raster) != len(args.vector):
+        raise InputError("Give one --vector for each --raster.")
+    if not args.images and not args.raster:
+        raise InputError("Give a folder of image/mask pairs, or --raster with --vector labels.")
+    items = load_pairs(pair_files(args.images, args.masks), bands, [c.id for c in classes]) if args.images else []
+    items += [load_vector_labels(r, v, args.class_field, bands, classes, args.layer)
+              for r, v in zip(args.raster, args.vector)]
     train_items, val_items = split(items, args.val_pattern, args.val_fraction, args.seed)
     print(f"{len(train_items)} training and {len(val_items)} validation images; validation: "
           f"{', '.join(s.name for s in val_items) or 'none'}", file=sys.stderr)
@@ -90,7 +102,8 @@ def main(argv=None) -> int:
                       gsd=args.gsd, max_minutes=args.max_minutes, name=args.name,
                       extra={"validation_files": [s.name for s in val_items],
                              "training_files": len(train_items)})
-    note = f"{len(train_items)} image/mask pairs from {os.path.abspath(args.images)}"
+    sources = ([os.path.abspath(args.images)] if args.images else []) + [os.path.abspath(v) for v in args.vector]
+    note = f"{len(train_items)} labelled images from {', '.join(sources)}"
     command = "python scripts/train.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     result = train(cfg, train_items, val_items, classes, bands, args.out, log_dir, resume=args.resume,
                    data_note=note, command=command)

@@ -213,3 +213,76 @@ def epoch_size(items: list[Labelled], tile: int, passes: float) -> int:
     """Windows per epoch so that an epoch covers the training pixels `passes` times."""
     pixels = sum(s.mask.size for s in items)
     return max(1, math.ceil(passes * pixels / (tile * tile)))
+
+
+def rasterize_labels(raster_path: str, vector_path: str, field: str, classes, layer: str | None = None) -> np.ndarray:
+    """Class ids (H, W) on the raster's grid from polygons whose `field` holds a class id or name.
+
+    Pixels no polygon covers are 255 (ignored): digitized labels rarely cover everything.
+    Polygons in another CRS are reprojected to the raster's.
+    """
+    try:
+        from osgeo import ogr, osr
+    except ImportError:
+        raise InputError("Vector labels need GDAL's Python bindings (osgeo).") from None
+    import json as _json
+
+    import rasterio
+    from rasterio.features import rasterize
+
+    ogr.UseExceptions()
+    by_name = {c.name.lower(): c.id for c in classes}
+    ids = {c.id for c in classes}
+    try:
+        ds = ogr.Open(vector_path)
+    except RuntimeError as exc:
+        raise InputError(f"{vector_path} cannot be opened as a vector layer ({exc}).") from None
+    lyr = ds.GetLayerByName(layer) if layer else ds.GetLayer(0)
+    if lyr is None:
+        raise InputError(f"{vector_path} has no layer {layer!r}.")
+    if lyr.GetLayerDefn().GetFieldIndex(field) < 0:
+        names = [lyr.GetLayerDefn().GetFieldDefn(i).GetName() for i in range(lyr.GetLayerDefn().GetFieldCount())]
+        raise InputError(f"The layer has no field {field!r}; its fields are {', '.join(names)}.")
+    with rasterio.open(raster_path) as src:
+        shape, transform, crs_wkt = (src.height, src.width), src.transform, src.crs.to_wkt() if src.crs else None
+    transform_geom = None
+    if crs_wkt and lyr.GetSpatialRef() is not None:
+        dst = osr.SpatialReference(wkt=crs_wkt)
+        srs = lyr.GetSpatialRef()
+        for s in (srs, dst):
+            s.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+        if not srs.IsSame(dst):
+            transform_geom = osr.CoordinateTransformation(srs, dst)
+    shapes = []
+    for f in lyr:
+        value = f.GetField(field)
+        if value is None:
+            continue
+        cid = by_name.get(value.strip().lower()) if isinstance(value, str) and not value.strip().isdigit() else None
+        if cid is None:
+            try:
+                cid = int(value)
+            except (TypeError, ValueError):
+                raise InputError(f"Feature {f.GetFID()} has {field} = {value!r}, which is neither a class id "
+                                 f"nor a class name.") from None
+        if cid not in ids:
+            raise InputError(f"Feature {f.GetFID()} has class {cid}, which is not in the class table.")
+        geom = f.GetGeometryRef()
+        if geom is None:
+            continue
+        geom = geom.Clone()
+        if transform_geom is not None:
+            geom.Transform(transform_geom)
+        shapes.append((_json.loads(geom.ExportToJson()), cid))
+    ds = None
+    if not shapes:
+        raise InputError(f"No labelled polygons in {vector_path}.")
+    return rasterize(shapes, out_shape=shape, transform=transform, fill=NODATA_CLASS, dtype="uint8")
+
+
+def load_vector_labels(raster_path: str, vector_path: str, field: str, bands, classes,
+                       layer: str | None = None) -> Labelled:
+    mask = rasterize_labels(raster_path, vector_path, field, classes, layer)
+    image = read_image(raster_path, bands)
+    name = os.path.splitext(os.path.basename(raster_path))[0]
+    return Labelled(name, image, mask)

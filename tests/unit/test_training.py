@@ -173,3 +173,78 @@ def test_losses_ignore_255_and_reward_the_right_answer():
         loss = combined_loss(kind, torch.ones(4))
         assert loss(good, target) < loss(bad, target)
         assert torch.isfinite(loss(good, torch.full_like(target, 255)))
+
+
+def _polygons(path, crs_epsg, features, field_type="int", driver="GPKG"):
+    from osgeo import ogr, osr
+
+    ds = ogr.GetDriverByName(driver).CreateDataSource(str(path))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(crs_epsg)
+    layer = ds.CreateLayer("labels", srs=srs, geom_type=ogr.wkbPolygon)
+    layer.CreateField(ogr.FieldDefn("cls", ogr.OFTInteger if field_type == "int" else ogr.OFTString))
+    for wkt, value in features:
+        f = ogr.Feature(layer.GetLayerDefn())
+        f.SetGeometry(ogr.CreateGeometryFromWkt(wkt))
+        f.SetField("cls", value)
+        layer.CreateFeature(f)
+    ds = None
+    return str(path)
+
+
+@pytest.fixture()
+def labelled_raster(tmp_path):
+    from rasterio.transform import from_origin
+
+    img, _ = _pattern(2, 120)
+    return write_raster(tmp_path / "ortho.tif", img, crs="EPSG:32640", transform=from_origin(500000, 2800000, 1, 1))
+
+
+def test_vector_labels_are_rasterized_on_the_raster_grid(tmp_path, labelled_raster):
+    pytest.importorskip("osgeo")
+    from landcover_plugin.core.classes import DEFAULT_CLASSES
+    from landcover_plugin.core.train_data import rasterize_labels
+
+    square = "POLYGON((500010 2799990, 500030 2799990, 500030 2799970, 500010 2799970, 500010 2799990))"
+    strip = "POLYGON((500000 2799900, 500120 2799900, 500120 2799890, 500000 2799890, 500000 2799900))"
+    gpkg = _polygons(tmp_path / "l.gpkg", 32640, [(square, 1), (strip, 4)])
+    mask = rasterize_labels(labelled_raster, gpkg, "cls", DEFAULT_CLASSES)
+    assert mask.shape == (120, 120)
+    assert np.all(mask[10:30, 10:30] == 1) and np.all(mask[100:110, :] == 4)
+    assert (mask == 255).sum() == 120 * 120 - 400 - 1200
+    named = _polygons(tmp_path / "n.shp", 32640, [(square, "Building"), (strip, "road")], "str",
+                      "ESRI Shapefile")
+    np.testing.assert_array_equal(rasterize_labels(labelled_raster, named, "cls", DEFAULT_CLASSES), mask)
+    # the same square given in geographic coordinates lands on the same pixels, give or take an edge
+    from osgeo import ogr, osr
+
+    utm, wgs = osr.SpatialReference(), osr.SpatialReference()
+    utm.ImportFromEPSG(32640)
+    wgs.ImportFromEPSG(4326)
+    for s in (utm, wgs):
+        s.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    g = ogr.CreateGeometryFromWkt(square)
+    g.Transform(osr.CoordinateTransformation(utm, wgs))
+    geo = _polygons(tmp_path / "g.gpkg", 4326, [(g.ExportToWkt(), 1)])
+    reproj = rasterize_labels(labelled_raster, geo, "cls", DEFAULT_CLASSES)
+    assert abs(int((reproj == 1).sum()) - 400) <= 45
+    with pytest.raises(InputError, match="no field 'missing'"):
+        rasterize_labels(labelled_raster, gpkg, "missing", DEFAULT_CLASSES)
+    bad = _polygons(tmp_path / "b.gpkg", 32640, [(square, "lava")], "str")
+    with pytest.raises(InputError, match="neither a class id nor a class name"):
+        rasterize_labels(labelled_raster, bad, "cls", DEFAULT_CLASSES)
+
+
+def test_training_from_a_raster_and_polygons(tmp_path, labelled_raster):
+    pytest.importorskip("osgeo")
+    square = "POLYGON((500010 2799990, 500060 2799990, 500060 2799940, 500010 2799940, 500010 2799990))"
+    rest = "POLYGON((500060 2799940, 500120 2799940, 500120 2799880, 500060 2799880, 500060 2799940))"
+    gpkg = _polygons(tmp_path / "l.gpkg", 32640, [(square, 1), (rest, 0)])
+    out = tmp_path / "v.safetensors"
+    r = _train("--raster", labelled_raster, "--vector", gpkg, "--class-field", "cls", "--out", str(out),
+               "--epochs", "1", *[a for a in COMMON if a not in ("--val-pattern", "scene[45]")])
+    assert r.returncode == 0, r.stderr[-2000:]
+    _, spec = load_model(str(out))
+    assert "l.gpkg" in spec.training["data"]
+    r = _train("--raster", labelled_raster, "--out", str(out))
+    assert r.returncode == 2 and "one --vector for each --raster" in r.stderr
