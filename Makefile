@@ -8,7 +8,10 @@ export QT_QPA_PLATFORM ?= offscreen
 
 DEMO_INPUT := tests/data/dubai_tile7_005_crop.tif
 
-.PHONY: help system venv test test-unit lint bench demo clean
+STAGE := build/plugins
+PLUGIN_FILES = $(shell find landcover_plugin -type f -not -path '*/__pycache__/*' -not -name '*.pyc')
+
+.PHONY: help system venv test test-unit lint bench demo stage clean
 
 help:
 	@echo "make demo   classify the sample image with the bundled model into demo_output/"
@@ -48,6 +51,13 @@ test: venv lint
 # The engine on the bundled sample and model; the QGIS Processing run replaces it with the plugin.
 demo: venv
 	$(PY) scripts/segment.py $(DEMO_INPUT) demo_output --min-area 4 --simplify 1
+
+# The plugin as QGIS wants it: one folder with metadata.txt inside (QGIS_PLUGINPATH=$(STAGE)).
+stage:
+	rm -rf $(STAGE)/landcover_plugin
+	mkdir -p $(STAGE)/landcover_plugin
+	for f in $(PLUGIN_FILES); do mkdir -p $(STAGE)/$$(dirname $$f) && cp $$f $(STAGE)/$$f; done
+	cp metadata.txt $(STAGE)/landcover_plugin/
 
 bench: venv
 	$(PY) scripts/bench.py memory

@@ -78,11 +78,14 @@ Log = Callable[[str], None]
 
 def segment(input_path: str, class_path: str, model=None, confidence_path: str | None = None,
             vector_path: str | None = None, options: SegmentOptions | None = None,
-            progress: Progress | None = None, cancel: Cancel | None = None, log: Log | None = None) -> SegmentResult:
+            progress: Progress | None = None, cancel: Cancel | None = None, log: Log | None = None,
+            polygon_writer: Callable | None = None) -> SegmentResult:
     """Classify `input_path` and write the class raster (and confidence raster and polygons).
 
     `model` is a model file path, None for the bundled default, or a (network, ModelSpec) pair.
-    Outputs appear together at the end or not at all.
+    Polygons go to the GeoPackage `vector_path`, or to `polygon_writer(records)` (an iterator
+    of vectorize.Region) for callers with their own sink, such as QGIS. Files appear together
+    at the end or not at all.
     """
     opts = options or SegmentOptions()
     log = log or logger.info
@@ -99,8 +102,11 @@ def segment(input_path: str, class_path: str, model=None, confidence_path: str |
                 _open_input(input_path) as mask_src:
             job = _Job(src, mask_src, spec, opts, log)
             tmp_class = files.temp_for(class_path)
-            tmp_conf = files.temp_for(confidence_path) if confidence_path else None
-            share = 0.85 if vector_path else 1.0
+            want_polygons = bool(vector_path or polygon_writer)
+            # polygons carry their mean confidence, so it is computed even when not asked for as a file
+            tmp_conf = files.temp_for(confidence_path) if confidence_path else \
+                files.scratch(os.path.dirname(os.path.abspath(class_path)), ".tif") if want_polygons else None
+            share = 0.85 if want_polygons else 1.0
             t0 = time.perf_counter()
             device, batch = job.run(network, tmp_class, tmp_conf, files, lambda f: progress(share * f), cancel)
             infer_s = time.perf_counter() - t0
@@ -110,11 +116,19 @@ def segment(input_path: str, class_path: str, model=None, confidence_path: str |
 
         if opts.min_area > 0:
             sieve(tmp_class, job.geometry.pixels_for_area(opts.min_area))
-        if vector_path:
-            from .vectorize import vectorize
+        if want_polygons:
+            from .vectorize import regions, write_gpkg
 
-            vectorize(tmp_class, tmp_conf, files.temp_for(vector_path), spec.classes, job.geometry,
-                      simplify=opts.simplify, cancel=cancel, progress=lambda f: progress(share + (1 - share) * f))
+            if polygon_writer is None:
+                tmp_vec = files.temp_for(vector_path)
+                wkt = job.src_crs.to_wkt() if job.src_crs else None
+
+                def polygon_writer(records):
+                    return write_gpkg(tmp_vec, records, wkt)
+
+            with regions(tmp_class, tmp_conf, spec.classes, job.geometry, opts.simplify, cancel,
+                         lambda f: progress(share + (1 - share) * f)) as records:
+                polygon_writer(records)
         areas = class_areas(tmp_class, spec.classes, job.geometry)
         if cancel():
             raise Cancelled("Cancelled; no output was written.")
@@ -152,6 +166,7 @@ class _Job:
     def __init__(self, src, mask_src, spec: ModelSpec, opts: SegmentOptions, log: Log):
         self.src, self.mask_src, self.spec, self.opts, self.log = src, mask_src, spec, opts, log
         self.warnings: list[str] = []
+        self.src_crs = src.crs
         self.bands = self._bands()
         self.region = self._region()
         self.transform = src.window_transform(self.region.window)

@@ -1,0 +1,74 @@
+"""Compare a classified raster with a reference (raster of class ids, or polygons), block by block."""
+from __future__ import annotations
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.warp import reproject
+from rasterio.windows import Window
+
+from .classes import NODATA_CLASS, LandClass
+from .errors import InputError
+from .metrics import confusion, scores
+
+ROWS_PER_READ = 512
+
+
+def raster_classes(path: str) -> list[LandClass]:
+    """Classes named in a class raster (GDAL category names and colour table), else none."""
+    try:
+        from osgeo import gdal
+    except ImportError:
+        return []
+    ds = gdal.Open(path)
+    band = ds.GetRasterBand(1)
+    band.GetMetadata()  # the GeoTIFF driver loads category names from the .aux.xml lazily
+    names = band.GetCategoryNames() or []
+    table = band.GetColorTable()
+    out = []
+    for i, name in enumerate(names):
+        if name and i != NODATA_CLASS:
+            r, g, b = table.GetColorEntry(i)[:3] if table is not None and i < table.GetCount() else (128, 128, 128)
+            out.append(LandClass(i, name, f"#{r:02x}{g:02x}{b:02x}"))
+    ds = None
+    return out
+
+
+def reference_on_grid(pred_ds, reference_path: str) -> np.ndarray:
+    """A reference raster's class ids on the classified raster's grid (nearest neighbour when grids differ)."""
+    with rasterio.open(reference_path) as ref:
+        if ref.shape == pred_ds.shape and (ref.transform == pred_ds.transform or ref.crs is None
+                                           or pred_ds.crs is None):
+            return ref.read(1)
+        if ref.crs is None or pred_ds.crs is None:
+            raise InputError("The reference raster has another size than the classified raster and no CRS to "
+                             "align them; give a reference on the same grid.")
+        out = np.full(pred_ds.shape, NODATA_CLASS, np.uint8)
+        reproject(rasterio.band(ref, 1), out, dst_transform=pred_ds.transform, dst_crs=pred_ds.crs,
+                  dst_nodata=NODATA_CLASS, resampling=Resampling.nearest)
+        return out
+
+
+def evaluate_classification(pred_path: str, reference: np.ndarray | str, classes: list[LandClass],
+                            cancel=None) -> dict:
+    """Scores of a class raster against a reference (array on its grid, or a raster path)."""
+    cancel = cancel or (lambda: False)
+    ids = [c.id for c in classes]
+    names = [c.name for c in classes]
+    with rasterio.open(pred_path) as pred:
+        ref = reference if isinstance(reference, np.ndarray) else reference_on_grid(pred, reference)
+        if ref.shape != pred.shape:
+            raise InputError("The reference does not cover the classified raster's grid.")
+        total = np.zeros((len(ids), len(ids) + 1), np.int64)
+        for r0 in range(0, pred.height, ROWS_PER_READ):
+            if cancel():
+                from .errors import Cancelled
+
+                raise Cancelled("Cancelled.")
+            n = min(ROWS_PER_READ, pred.height - r0)
+            p = pred.read(1, window=Window(0, r0, pred.width, n))
+            total += confusion(ref[r0:r0 + n], p, ids)
+    if total.sum() == 0:
+        raise InputError("The reference and the classified raster share no labelled pixel; check that they "
+                         "overlap and use the same class ids.")
+    return scores(total, names)

@@ -1,0 +1,33 @@
+"""The Processing provider `landcover`."""
+from __future__ import annotations
+
+import os
+
+from qgis.core import QgsProcessingProvider
+from qgis.PyQt.QtGui import QIcon
+
+ICON = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "icon.svg")
+
+
+class LandcoverProvider(QgsProcessingProvider):
+    def id(self):
+        return "landcover"
+
+    def name(self):
+        return "Land cover"
+
+    def longName(self):  # noqa: N802
+        return "Land cover (U-Net segmentation)"
+
+    def icon(self):
+        return QIcon(ICON)
+
+    def svgIconPath(self):  # noqa: N802
+        return ICON
+
+    def loadAlgorithms(self):  # noqa: N802
+        from .evaluate_algorithm import EvaluateAlgorithm
+        from .segment_algorithm import SegmentAlgorithm
+
+        self.addAlgorithm(SegmentAlgorithm())
+        self.addAlgorithm(EvaluateAlgorithm())

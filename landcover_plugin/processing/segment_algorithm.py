@@ -1,0 +1,262 @@
+"""landcover:segment, "Segment land cover": the engine behind a Processing algorithm."""
+from __future__ import annotations
+
+import time
+
+from qgis.core import (
+    QgsFeature,
+    QgsFeatureSink,
+    QgsField,
+    QgsFields,
+    QgsGeometry,
+    QgsProcessing,
+    QgsProcessingAlgorithm,
+    QgsProcessingException,
+    QgsProcessingParameterBand,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterFeatureSink,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsVectorLayer,
+    QgsWkbTypes,
+)
+from qgis.PyQt.QtCore import QVariant
+
+from .dependencies import require_engine
+from .provider import ICON
+
+DEVICES = ["auto", "cpu", "cuda"]
+
+
+def _default_model_summary() -> str:
+    """The bundled model's name, classes and defaults for the help text (read from its metadata only)."""
+    try:
+        from ..core.model_file import default_model_path, read_spec
+
+        spec = read_spec(default_model_path())
+    except Exception as exc:  # no model bundled, or unreadable: say so in the help
+        return f"<p>No usable bundled model ({exc}); choose a model file.</p>"
+    classes = ", ".join(f"{c.id} {c.name}" for c in spec.classes)
+    miou = spec.training.get("engine_evaluation", {}).get("miou")
+    quality = f" Held-out mean IoU {miou:.2f}." if miou is not None else ""
+    return (f"<p>The bundled model is <i>{spec.name}</i>: classes {classes}; bands "
+            f"{', '.join(map(str, spec.bands))}; tile {spec.tile_size}, overlap {spec.overlap} pixels; "
+            f"ground resolution {spec.gsd or 'not declared'}.{quality} See its MODEL_CARD.md.</p>")
+
+
+class SegmentAlgorithm(QgsProcessingAlgorithm):
+    INPUT = "INPUT"
+    MODEL = "MODEL"
+    BANDS = "BANDS"
+    EXTENT = "EXTENT"
+    TILE_SIZE = "TILE_SIZE"
+    OVERLAP = "OVERLAP"
+    BATCH_SIZE = "BATCH_SIZE"
+    DEVICE = "DEVICE"
+    TTA = "TTA"
+    MIN_AREA = "MIN_AREA"
+    SIMPLIFY = "SIMPLIFY"
+    OUTPUT_RASTER = "OUTPUT_RASTER"
+    OUTPUT_VECTOR = "OUTPUT_VECTOR"
+    OUTPUT_CONFIDENCE = "OUTPUT_CONFIDENCE"
+    OUTPUT_REPORT = "OUTPUT_REPORT"
+
+    def name(self):
+        return "segment"
+
+    def displayName(self):  # noqa: N802
+        return "Segment land cover"
+
+    def group(self):
+        return ""
+
+    def groupId(self):  # noqa: N802
+        return ""
+
+    def icon(self):
+        from qgis.PyQt.QtGui import QIcon
+
+        return QIcon(ICON)
+
+    def shortHelpString(self):  # noqa: N802
+        return (
+            "<p>Classifies every pixel of a raster into land-cover classes with a U-Net, sliding "
+            "overlapping windows over the image at full resolution and blending their class "
+            "probabilities, on the GPU when there is one.</p>"
+            + _default_model_summary() +
+            "<p><b>Outputs</b>: a class raster (class ids, byte, nodata 255, same CRS and grid as the input "
+            "or the extent; styled with the class names and colours, a .qml beside it); optional polygons "
+            "of each connected region of a class with fields class_id, class_name, area (m², or pixels "
+            "without a CRS) and mean confidence; an optional confidence raster (probability of the chosen "
+            "class); an optional report (HTML with a chart, or CSV) of the area and share of each class. "
+            "Masked input pixels (nodata, alpha) are nodata everywhere.</p>"
+            "<p>Tile size, overlap and bands default to the model's. Regions smaller than the minimum area "
+            "join their largest neighbour, in the raster and the polygons alike.</p>")
+
+    def createInstance(self):  # noqa: N802
+        return SegmentAlgorithm()
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        def add(param, help_text, advanced=False):
+            param.setHelp(help_text)
+            if advanced:
+                param.setFlags(param.flags() | param.FlagAdvanced)
+            self.addParameter(param)
+
+        add(QgsProcessingParameterRasterLayer(self.INPUT, "Input raster"), "The image to classify.")
+        add(QgsProcessingParameterFile(self.MODEL, "Model file (empty: the bundled model)", extension="safetensors",
+                                       optional=True),
+            "A .safetensors model file made by the training script; empty for the bundled default model.")
+        add(QgsProcessingParameterBand(self.BANDS, "Bands, in the order the model expects (empty: the model's)",
+                                       None, self.INPUT, optional=True, allowMultiple=True),
+            "Input bands fed to the model, in order; empty for the model's own (usually 1, 2, 3).")
+        add(QgsProcessingParameterExtent(self.EXTENT, "Process only this extent", optional=True),
+            "Classify only this area; outputs cover the extent on the input's pixel grid.")
+        add(QgsProcessingParameterNumber(self.TILE_SIZE, "Tile size in pixels (empty: the model's)",
+                                         QgsProcessingParameterNumber.Integer, None, True, 32, 8192),
+            "Window size the network sees at once; larger windows give more context and need more memory.",
+            advanced=True)
+        add(QgsProcessingParameterNumber(self.OVERLAP, "Overlap in pixels (empty: the model's)",
+                                         QgsProcessingParameterNumber.Integer, None, True, 0, 4095),
+            "Overlap between neighbouring windows, blended smoothly; less than half the tile size.", advanced=True)
+        add(QgsProcessingParameterNumber(self.BATCH_SIZE, "Batch size (0: automatic)",
+                                         QgsProcessingParameterNumber.Integer, 0, False, 0, 1024),
+            "Windows processed together; 0 picks one for the device.", advanced=True)
+        add(QgsProcessingParameterEnum(self.DEVICE, "Device", DEVICES, defaultValue=0),
+            "auto: the CUDA GPU when PyTorch sees one, else the CPU.")
+        add(QgsProcessingParameterBoolean(self.TTA, "Test-time augmentation (8x slower)", defaultValue=False),
+            "Average the predictions of the 8 flips and quarter turns of every window.", advanced=True)
+        add(QgsProcessingParameterNumber(self.MIN_AREA, "Minimum region area (square ground units)",
+                                         QgsProcessingParameterNumber.Double, 0.0, False, 0.0),
+            "Regions smaller than this (m² where the CRS has ground units) join their largest neighbour.")
+        add(QgsProcessingParameterNumber(self.SIMPLIFY, "Polygon simplification tolerance (map units, 0: none)",
+                                         QgsProcessingParameterNumber.Double, 0.0, False, 0.0),
+            "Simplifies each edge shared by two polygons once, so neighbours keep sharing their boundaries.")
+        add(QgsProcessingParameterRasterDestination(self.OUTPUT_RASTER, "Land-cover classes"),
+            "Class ids, byte, nodata 255, styled with the class names and colours.")
+        add(QgsProcessingParameterFeatureSink(self.OUTPUT_VECTOR, "Land-cover polygons",
+                                              QgsProcessing.TypeVectorPolygon, optional=True,
+                                              createByDefault=True),
+            "One polygon per connected region of a class: class_id, class_name, area, confidence.")
+        add(QgsProcessingParameterRasterDestination(self.OUTPUT_CONFIDENCE, "Confidence", optional=True,
+                                                    createByDefault=False),
+            "Probability of the chosen class for each pixel, 0 to 1 (nodata -1).")
+        add(QgsProcessingParameterFileDestination(self.OUTPUT_REPORT, "Area report",
+                                                  "HTML files (*.html);;CSV files (*.csv)", optional=True,
+                                                  createByDefault=False),
+            "Area and share of each class, as an HTML page with a chart or a CSV table.")
+
+    def _optional_int(self, parameters, name, context):
+        value = parameters.get(name)
+        if value is None or (isinstance(value, str) and not value.strip()) or \
+                (isinstance(value, QVariant) and value.isNull()):
+            return None
+        return self.parameterAsInt(parameters, name, context)
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        require_engine()
+        from ..core.errors import Cancelled, LandcoverError
+        from ..core.model_file import load_model, resolve_model_path
+        from ..core.report import write_area_report
+        from ..core.segment import SegmentOptions, segment
+
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        if layer is None:
+            raise QgsProcessingException("The input raster could not be loaded.")
+        if layer.providerType() != "gdal":
+            raise QgsProcessingException(f"The input is a {layer.providerType()} layer; give a raster file "
+                                         "(GeoTIFF, JPEG, PNG, ...).")
+        source = layer.source()
+        model_path = self.parameterAsFile(parameters, self.MODEL, context) or None
+        bands = self.parameterAsInts(parameters, self.BANDS, context) or None
+        extent = None
+        if parameters.get(self.EXTENT):
+            r = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
+            extent = (r.xMinimum(), r.yMinimum(), r.xMaximum(), r.yMaximum())
+        device = DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]
+        opts = SegmentOptions(
+            bands=tuple(bands) if bands else None, extent=extent,
+            tile_size=self._optional_int(parameters, self.TILE_SIZE, context),
+            overlap=self._optional_int(parameters, self.OVERLAP, context),
+            batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context), device=device,
+            tta=self.parameterAsBool(parameters, self.TTA, context),
+            min_area=self.parameterAsDouble(parameters, self.MIN_AREA, context),
+            simplify=self.parameterAsDouble(parameters, self.SIMPLIFY, context))
+        raster_out = self.parameterAsOutputLayer(parameters, self.OUTPUT_RASTER, context)
+        conf_out = self.parameterAsOutputLayer(parameters, self.OUTPUT_CONFIDENCE, context) or None
+        report_out = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context) or None
+        try:
+            model = load_model(resolve_model_path(model_path))
+        except LandcoverError as exc:
+            raise QgsProcessingException(str(exc)) from None
+        spec = model[1]
+
+        fields = QgsFields()
+        fields.append(QgsField("class_id", QVariant.Int))
+        fields.append(QgsField("class_name", QVariant.String))
+        fields.append(QgsField("area", QVariant.Double))
+        fields.append(QgsField("confidence", QVariant.Double))
+        sink, vector_id = self.parameterAsSink(parameters, self.OUTPUT_VECTOR, context, fields,
+                                               QgsWkbTypes.Polygon, layer.crs())
+        writer = None
+        if sink is not None:
+            def writer(records):
+                for rec in records:
+                    f = QgsFeature(fields)
+                    geom = QgsGeometry()
+                    geom.fromWkb(rec.wkb)
+                    f.setGeometry(geom)
+                    f.setAttributes([int(rec.class_id), rec.class_name, float(rec.area),
+                                     None if rec.confidence is None else float(rec.confidence)])
+                    sink.addFeature(f, QgsFeatureSink.FastInsert)
+                    if feedback.isCanceled():
+                        raise Cancelled("Cancelled; no output was written.")
+
+        started = time.perf_counter()
+        try:
+            result = segment(source, raster_out, model, confidence_path=conf_out, options=opts,
+                             progress=lambda f: feedback.setProgress(100.0 * f), cancel=feedback.isCanceled,
+                             log=self._logger(feedback), polygon_writer=writer)
+        except Cancelled:
+            raise QgsProcessingException("Cancelled: no output was written.") from None
+        except LandcoverError as exc:
+            raise QgsProcessingException(str(exc)) from None
+        duration = time.perf_counter() - started
+
+        from .styling import ClassStyler, style_class_raster, style_polygons
+
+        style_class_raster(raster_out, spec.classes)
+        details = {"model": spec.name, "model file": model_path or "bundled default", "input": source,
+                   "device": result.device, "batch size": result.batch_size, "tile size": result.tile_size,
+                   "overlap": result.overlap, "test-time augmentation": opts.tta, "minimum area": opts.min_area,
+                   "simplification": opts.simplify, "seconds": round(duration, 1),
+                   "megapixels per second": round(result.mp_per_s, 3)}
+        for out_id in filter(None, (raster_out, vector_id, conf_out)):
+            if context.willLoadLayerOnCompletion(out_id):
+                styler = ClassStyler(spec.classes, details) if out_id != conf_out else None
+                if styler is not None:
+                    context.layerToLoadOnCompletionDetails(out_id).setPostProcessor(styler)
+        if vector_id:
+            del sink  # flush the file before styling it
+            saved = QgsVectorLayer(vector_id, "polygons", "ogr")
+            if saved.isValid():
+                style_polygons(saved, spec.classes)
+        if report_out:
+            write_area_report(report_out, result.areas, result.area_units, f"Land cover: {layer.name()}", details)
+        for w in result.warnings:
+            feedback.pushWarning(w)
+        return {self.OUTPUT_RASTER: raster_out, self.OUTPUT_VECTOR: vector_id, self.OUTPUT_CONFIDENCE: conf_out,
+                self.OUTPUT_REPORT: report_out}
+
+    @staticmethod
+    def _logger(feedback):
+        def log(message: str):
+            if message.startswith("Warning: "):
+                return  # pushed as warnings at the end, once
+            feedback.pushInfo(message)
+        return log

@@ -1,0 +1,290 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import rasterio
+from conftest import FIXTURE, fixture_pixels, make_model, write_raster
+from qgis.core import (
+    QgsApplication,
+    QgsCategorizedSymbolRenderer,
+    QgsPalettedRasterRenderer,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsRasterLayer,
+    QgsVectorLayer,
+)
+
+from landcover_plugin.core.model_file import save_model
+
+
+@pytest.fixture(scope="session")
+def provider(qgis_app, qgis_processing):
+    from landcover_plugin.processing.provider import LandcoverProvider
+
+    registry = QgsApplication.processingRegistry()
+    if registry.providerById("landcover") is None:
+        p = LandcoverProvider()
+        registry.addProvider(p)
+    yield registry.providerById("landcover")
+
+
+@pytest.fixture(scope="session")
+def utm_raster(tmp_path_factory):
+    from rasterio.transform import from_origin
+
+    path = tmp_path_factory.mktemp("qin") / "ortho.tif"
+    return write_raster(path, fixture_pixels()[:, :200, :240], crs="EPSG:32640",
+                        transform=from_origin(300000, 2780000, 0.5, 0.5))
+
+
+def run(alg_id, params, context=None, feedback=None):
+    import processing
+    from qgis.core import QgsProcessingContext, QgsProcessingFeedback
+
+    context = context or QgsProcessingContext()
+    feedback = feedback or QgsProcessingFeedback()
+    return processing.run(alg_id, params, context=context, feedback=feedback)
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_KEEP = []
+SEGMENT_PARAMS = ["INPUT", "MODEL", "BANDS", "EXTENT", "TILE_SIZE", "OVERLAP", "BATCH_SIZE", "DEVICE", "TTA",
+                  "MIN_AREA", "SIMPLIFY", "OUTPUT_RASTER", "OUTPUT_VECTOR", "OUTPUT_CONFIDENCE", "OUTPUT_REPORT"]
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    net, spec = make_model(tile=64, overlap=16)
+    path = tmp_path_factory.mktemp("m") / "small.safetensors"
+    save_model(str(path), net, spec)
+    return str(path)
+
+
+def test_provider_and_algorithms_are_registered(provider):
+    assert provider.id() == "landcover"
+    seg = QgsApplication.processingRegistry().algorithmById("landcover:segment")
+    ev = QgsApplication.processingRegistry().algorithmById("landcover:evaluate")
+    assert seg.displayName() == "Segment land cover"
+    assert ev.displayName() == "Evaluate land-cover classification"
+    assert [p.name() for p in seg.parameterDefinitions()] == SEGMENT_PARAMS
+    defaults = {p.name(): p.defaultValue() for p in seg.parameterDefinitions()}
+    assert defaults["DEVICE"] == 0 and defaults["TTA"] is False and defaults["BATCH_SIZE"] == 0
+    assert defaults["TILE_SIZE"] is None and defaults["OVERLAP"] is None and defaults["MIN_AREA"] == 0
+    assert all(p.help() for p in seg.parameterDefinitions())
+    assert "bundled model" in seg.shortHelpString() and "road" in seg.shortHelpString()
+    assert {o.name() for o in ev.outputDefinitions()} >= {"MIOU", "OVERALL_ACCURACY", "IOU"}
+
+
+def test_plugin_load_and_unload(qgis_iface, qgis_processing):
+    from landcover_plugin import classFactory
+
+    registry = QgsApplication.processingRegistry()
+    existing = registry.providerById("landcover")
+    if existing is not None:
+        registry.removeProvider(existing)
+    plugin = classFactory(qgis_iface)
+    plugin.initGui()
+    assert registry.providerById("landcover") is not None and plugin.action is not None
+    plugin.unload()
+    assert registry.providerById("landcover") is None
+    from landcover_plugin.processing.provider import LandcoverProvider
+
+    _KEEP.append(LandcoverProvider())  # QGIS does not own a Python provider: keep it alive
+    registry.addProvider(_KEEP[-1])
+
+
+def test_segment_outputs_styled_on_the_input_grid(provider, utm_raster, small_model, tmp_path):
+    out = run("landcover:segment", {
+        "INPUT": utm_raster, "MODEL": small_model, "DEVICE": 1, "MIN_AREA": 2.0, "SIMPLIFY": 0.5,
+        "OUTPUT_RASTER": str(tmp_path / "classes.tif"), "OUTPUT_VECTOR": str(tmp_path / "polygons.gpkg"),
+        "OUTPUT_CONFIDENCE": str(tmp_path / "conf.tif"), "OUTPUT_REPORT": str(tmp_path / "report.html")})
+    with rasterio.open(utm_raster) as src, rasterio.open(out["OUTPUT_RASTER"]) as c:
+        assert c.crs == src.crs and c.transform == src.transform and c.shape == src.shape
+        assert c.nodata == 255
+    raster = QgsRasterLayer(out["OUTPUT_RASTER"], "classes")
+    assert raster.isValid()
+    assert isinstance(raster.renderer(), QgsPalettedRasterRenderer), "the .qml beside the raster styles it"
+    labels = {c.label for c in raster.renderer().classes()}
+    assert labels == {"background", "building", "woodland/vegetation", "water", "road"}
+    assert os.path.exists(tmp_path / "classes.qml")
+    vector = QgsVectorLayer(out["OUTPUT_VECTOR"], "polygons", "ogr")
+    assert vector.isValid() and vector.featureCount() > 0
+    assert [f.name() for f in vector.fields()][-4:] == ["class_id", "class_name", "area", "confidence"]
+    assert vector.crs().authid() == "EPSG:32640"
+    total = sum(f["area"] for f in vector.getFeatures())
+    assert total == pytest.approx(200 * 240 * 0.25)
+    reopened = QgsVectorLayer(out["OUTPUT_VECTOR"], "again", "ogr")
+    assert isinstance(reopened.renderer(), QgsCategorizedSymbolRenderer), "style saved in the GeoPackage"
+    assert {c.label() for c in reopened.renderer().categories()} >= {"background"}
+    html = (tmp_path / "report.html").read_text()
+    assert "woodland/vegetation" in html and "<svg" in html and "m²" in html
+
+
+def test_loaded_outputs_are_styled_and_record_metadata(provider, utm_raster, small_model, tmp_path):
+    import processing
+    from qgis.core import QgsProject
+
+    out_path = str(tmp_path / "c.tif")
+    processing.runAndLoadResults("landcover:segment", {"INPUT": utm_raster, "MODEL": small_model,
+                                                       "OUTPUT_RASTER": out_path,
+                                                       "OUTPUT_VECTOR": str(tmp_path / "v.gpkg")})
+    loaded = {layer.source().split("|")[0]: layer for layer in QgsProject.instance().mapLayers().values()}
+    raster, vector = loaded[out_path], loaded[str(tmp_path / "v.gpkg")]
+    assert isinstance(raster.renderer(), QgsPalettedRasterRenderer)
+    assert isinstance(vector.renderer(), QgsCategorizedSymbolRenderer)
+    for layer in (raster, vector):
+        abstract = layer.metadata().abstract()
+        assert "device: cpu" in abstract and "model: " in abstract and "seconds: " in abstract
+    QgsProject.instance().removeAllMapLayers()
+
+
+def test_extent_and_bands(provider, utm_raster, small_model, tmp_path):
+    out = run("landcover:segment", {"INPUT": utm_raster, "MODEL": small_model, "BANDS": [3, 2, 1],
+                                    "EXTENT": "300010,300050,2779950,2779990 [EPSG:32640]",
+                                    "OUTPUT_RASTER": str(tmp_path / "c.tif")})
+    with rasterio.open(out["OUTPUT_RASTER"]) as c:
+        assert c.shape == (80, 80) and c.transform.c == pytest.approx(300010)
+
+
+@pytest.mark.parametrize("params,message", [
+    ({"BANDS": [1, 2]}, "expects 3 input bands"),
+    ({"BANDS": [1, 2, 7]}, "Band 7 does not exist"),
+    ({"EXTENT": "0,10,0,10 [EPSG:32640]"}, "does not overlap"),
+    ({"TILE_SIZE": 64, "OVERLAP": 40}, "less than half"),
+])
+def test_errors_tell_the_user_what_to_change(provider, utm_raster, small_model, tmp_path, params, message):
+    with pytest.raises(QgsProcessingException, match=message):
+        run("landcover:segment", {"INPUT": utm_raster, "MODEL": small_model,
+                                  "OUTPUT_RASTER": str(tmp_path / "c.tif"), **params})
+    assert not os.path.exists(tmp_path / "c.tif")
+
+
+def test_unsafe_or_bad_model_files(provider, utm_raster, tmp_path):
+    bad = tmp_path / "evil.safetensors"
+    bad.write_bytes(b"\x80\x04\x95 pickled")
+    with pytest.raises(QgsProcessingException, match="pickle"):
+        run("landcover:segment", {"INPUT": utm_raster, "MODEL": str(bad), "OUTPUT_RASTER": str(tmp_path / "c.tif")})
+
+
+def test_cuda_asked_without_cuda(provider, utm_raster, small_model, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(QgsProcessingException, match="no CUDA GPU"):
+        run("landcover:segment", {"INPUT": utm_raster, "MODEL": small_model, "DEVICE": 2,
+                                  "OUTPUT_RASTER": str(tmp_path / "c.tif")})
+
+
+def test_torch_missing_is_explained(provider, utm_raster, small_model, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(QgsProcessingException, match="needs torch.*pip install .*torch"):
+        run("landcover:segment", {"INPUT": utm_raster, "MODEL": small_model,
+                                  "OUTPUT_RASTER": str(tmp_path / "c.tif")})
+
+
+def test_raster_without_crs_runs_with_a_warning(provider, small_model, tmp_path):
+    warnings = []
+
+    class Feedback(QgsProcessingFeedback):
+        def pushWarning(self, text):  # noqa: N802
+            warnings.append(text)
+
+    out = run("landcover:segment", {"INPUT": FIXTURE, "MODEL": small_model, "EXTENT": "0,100,0,100",
+                                    "OUTPUT_RASTER": str(tmp_path / "c.tif")}, feedback=Feedback())
+    assert os.path.exists(out["OUTPUT_RASTER"]) and any("no CRS" in w for w in warnings)
+
+
+def test_cancel_leaves_no_output(provider, utm_raster, small_model, tmp_path):
+    feedback = QgsProcessingFeedback()
+    feedback.cancel()
+    with pytest.raises(QgsProcessingException, match="Cancelled"):
+        run("landcover:segment", {"INPUT": utm_raster, "MODEL": small_model, "TILE_SIZE": 64, "OVERLAP": 16,
+                                  "OUTPUT_RASTER": str(tmp_path / "c.tif"),
+                                  "OUTPUT_CONFIDENCE": str(tmp_path / "p.tif")}, feedback=feedback)
+    assert [f for f in os.listdir(tmp_path) if f.endswith(".tif")] == []
+
+
+def test_evaluate_matches_a_hand_computed_confusion(provider, tmp_path):
+    from rasterio.transform import from_origin
+
+    t = from_origin(0, 40, 1, 1)
+    pred = np.zeros((4, 10), np.uint8)
+    pred[:, 5:] = 1
+    ref = np.zeros((4, 10), np.uint8)
+    ref[:, 4:] = 1
+    ref[0, :] = 255
+    p = write_raster(tmp_path / "pred.tif", pred, crs="EPSG:32640", transform=t, nodata=255)
+    r = write_raster(tmp_path / "ref.tif", ref, crs="EPSG:32640", transform=t, nodata=255)
+    out = run("landcover:evaluate", {"INPUT": p, "REFERENCE": r, "OUTPUT_REPORT": str(tmp_path / "ev.html")})
+    # 3 labelled rows: background ref 4 px/row all right; building ref 6 px/row, 1 called background
+    iou_bg = 12 / (12 + 3)
+    iou_b = 15 / 18
+    assert out["MIOU"] == pytest.approx((iou_bg + iou_b) / 2)
+    assert out["OVERALL_ACCURACY"] == pytest.approx(27 / 30)
+    assert json.loads(out["IOU"])["building"] == pytest.approx(iou_b)
+    assert "Confusion matrix" in (tmp_path / "ev.html").read_text()
+
+
+def test_evaluate_against_polygons(provider, utm_raster, small_model, tmp_path):
+    from osgeo import ogr, osr
+
+    seg = run("landcover:segment", {"INPUT": utm_raster, "MODEL": small_model,
+                                    "OUTPUT_RASTER": str(tmp_path / "c.tif")})
+    ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(tmp_path / "ref.gpkg"))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32640)
+    layer = ds.CreateLayer("truth", srs=srs, geom_type=ogr.wkbPolygon)
+    layer.CreateField(ogr.FieldDefn("kind", ogr.OFTString))
+    f = ogr.Feature(layer.GetLayerDefn())
+    f.SetGeometry(ogr.CreateGeometryFromWkt(
+        "POLYGON((300000 2780000, 300120 2780000, 300120 2779900, 300000 2779900, 300000 2780000))"))
+    f.SetField("kind", "water")
+    layer.CreateFeature(f)
+    ds = None
+    out = run("landcover:evaluate", {"INPUT": seg["OUTPUT_RASTER"], "REFERENCE": str(tmp_path / "ref.gpkg"),
+                                     "REFERENCE_FIELD": "kind"})
+    with rasterio.open(seg["OUTPUT_RASTER"]) as c:
+        share = (c.read(1) == 3).mean()
+    assert out["OVERALL_ACCURACY"] == pytest.approx(share, abs=1e-9)
+    with pytest.raises(QgsProcessingException, match="REFERENCE_FIELD"):
+        run("landcover:evaluate", {"INPUT": seg["OUTPUT_RASTER"], "REFERENCE": str(tmp_path / "ref.gpkg")})
+
+
+def test_graphical_model_chains_segment_and_evaluate(provider, utm_raster, small_model, tmp_path):
+    from qgis.core import QgsProcessingModelAlgorithm
+
+    with rasterio.open(utm_raster) as src:
+        truth = np.random.default_rng(0).integers(0, 5, src.shape).astype(np.uint8)
+        reference = write_raster(tmp_path / "truth.tif", truth, crs=src.crs, transform=src.transform, nodata=255)
+    model = QgsProcessingModelAlgorithm()
+    assert model.fromFile(os.path.join(ROOT, "tests", "data", "segment_and_evaluate.model3"))
+    results, ok = model.run({"image": utm_raster, "model": small_model, "reference": reference,
+                             "segment:classes": str(tmp_path / "model_classes.tif")},
+                            QgsProcessingContext(), QgsProcessingFeedback())
+    assert ok
+    evaluation = results["CHILD_RESULTS"]["evaluate"]
+    assert 0 < evaluation["MIOU"] < 0.5 and 0 < evaluation["OVERALL_ACCURACY"] < 0.5  # random truth
+    assert set(json.loads(evaluation["IOU"])) == {"background", "building", "woodland/vegetation", "water", "road"}
+    assert os.path.exists(tmp_path / "model_classes.tif")
+
+
+def test_qgis_process_runs_segment_headless(small_model, utm_raster, tmp_path):
+    env = dict(os.environ)
+    plugin_dir = tmp_path / "plugins"
+    subprocess.run(["make", "-s", "-C", ROOT, "stage", f"STAGE={plugin_dir}"], check=True, capture_output=True)
+    env.update(QGIS_PLUGINPATH=str(plugin_dir), QT_QPA_PLATFORM="offscreen",
+               PYTHONPATH=os.pathsep.join(p for p in sys.path if "site-packages" in p))
+    subprocess.run(["qgis_process.bin", "plugins", "enable", "landcover_plugin"], env=env, capture_output=True)
+    r = subprocess.run(["qgis_process.bin", "--json", "run", "landcover:segment", "--", f"INPUT={utm_raster}",
+                        f"MODEL={small_model}", f"OUTPUT_RASTER={tmp_path / 'c.tif'}",
+                        f"OUTPUT_VECTOR={tmp_path / 'v.gpkg'}"], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    result = json.loads(r.stdout[r.stdout.index("{"):])
+    assert os.path.exists(result["results"]["OUTPUT_RASTER"]) and os.path.exists(tmp_path / "v.gpkg")
+    assert os.path.exists(tmp_path / "c.qml")
