@@ -11,7 +11,11 @@ DEMO_INPUT := tests/data/dubai_tile7_005_crop.tif
 STAGE := build/plugins
 PLUGIN_FILES = $(shell find landcover_plugin -type f -not -path '*/__pycache__/*' -not -name '*.pyc')
 
-.PHONY: help system venv test test-unit lint bench demo stage clean
+VERSION := $(shell sed -n 's/^version=//p' metadata.txt)
+PROFILE ?= $(HOME)/.local/share/QGIS/QGIS3/profiles/default
+QGIS_PYTHON ?= /usr/bin/python3
+
+.PHONY: help system venv test test-unit lint bench demo stage package deploy undeploy clean
 
 help:
 	@echo "make demo   classify the sample image with the bundled model into demo_output/"
@@ -34,7 +38,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt | system
 	[ -x $(PY) ] || /usr/bin/python3 -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=23"
 	$(PY) -m pip install -q -r requirements-dev.txt
-	$(PY) -c "import numpy, torch, rasterio, shapely, safetensors; from osgeo import gdal; assert int(numpy.__version__.split('.')[0]) < 2"
+	$(PY) -c "import numpy, torch, rasterio, safetensors; from osgeo import gdal; assert int(numpy.__version__.split('.')[0]) < 2"
 	touch $@
 
 venv: system $(VENV)/.installed
@@ -48,9 +52,20 @@ test-unit: venv
 test: venv lint
 	$(PY) -m pytest -q tests
 
-# The engine on the bundled sample and model; the QGIS Processing run replaces it with the plugin.
-demo: venv
-	$(PY) scripts/segment.py $(DEMO_INPUT) demo_output --min-area 4 --simplify 1
+# The main job as users run it headless: landcover:segment through qgis_process, on the
+# bundled sample image with the bundled model. QGIS's embedded Python gets the venv's
+# packages (torch, safetensors, shapely) through PYTHONPATH.
+QGIS_ENV = QGIS_PLUGINPATH=$(abspath $(STAGE)) PYTHONPATH=$(abspath $(VENV_SITE)) QT_QPA_PLATFORM=offscreen
+VENV_SITE = $(VENV)/lib/python3.11/site-packages
+
+demo: venv stage
+	rm -rf demo_output && mkdir -p demo_output
+	$(QGIS_ENV) qgis_process.bin plugins enable landcover_plugin >/dev/null 2>&1 || true
+	$(QGIS_ENV) qgis_process.bin run landcover:segment -- INPUT=$(abspath $(DEMO_INPUT)) \
+	  OUTPUT_RASTER=$(abspath demo_output/classes.tif) OUTPUT_VECTOR=$(abspath demo_output/landcover.gpkg) \
+	  OUTPUT_CONFIDENCE=$(abspath demo_output/confidence.tif) OUTPUT_REPORT=$(abspath demo_output/report.html) \
+	  MIN_AREA=4 SIMPLIFY=1 2>&1 | grep -v -e '^QStandardPaths' -e '^$$'
+	$(PY) scripts/area_table.py demo_output/classes.tif
 
 # The plugin as QGIS wants it: one folder with metadata.txt inside (QGIS_PLUGINPATH=$(STAGE)).
 stage:
@@ -58,6 +73,26 @@ stage:
 	mkdir -p $(STAGE)/landcover_plugin
 	for f in $(PLUGIN_FILES); do mkdir -p $(STAGE)/$$(dirname $$f) && cp $$f $(STAGE)/$$f; done
 	cp metadata.txt $(STAGE)/landcover_plugin/
+
+package: stage
+	mkdir -p dist
+	rm -f dist/landcover_plugin-$(VERSION).zip
+	cd $(STAGE) && zip -qr $(abspath dist)/landcover_plugin-$(VERSION).zip landcover_plugin -x '*__pycache__*'
+	@echo dist/landcover_plugin-$(VERSION).zip
+
+# Into the QGIS profile: the plugin, and the Python packages QGIS lacks in PROFILE/python/landcover_deps
+# (the plugin puts that folder on its path); numpy stays QGIS's own.
+deploy: stage
+	mkdir -p $(PROFILE)/python/plugins
+	rm -rf $(PROFILE)/python/plugins/landcover_plugin
+	cp -r $(STAGE)/landcover_plugin $(PROFILE)/python/plugins/
+	$(QGIS_PYTHON) -c "import torch, safetensors" 2>/dev/null || \
+	  $(QGIS_PYTHON) -m pip install -q --no-deps --target $(PROFILE)/python/landcover_deps \
+	    torch==2.13.0 safetensors filelock fsspec jinja2 MarkupSafe networkx sympy mpmath typing_extensions
+	@echo "deployed to $(PROFILE)/python/plugins/landcover_plugin; enable it in Plugins > Manage and Install Plugins"
+
+undeploy:
+	rm -rf $(PROFILE)/python/plugins/landcover_plugin $(PROFILE)/python/landcover_deps
 
 bench: venv
 	$(PY) scripts/bench.py memory

@@ -4,8 +4,9 @@ GDAL does the pixel work, streaming by scanlines: SieveFilter merges small regio
 into their largest neighbour, Polygonize traces each 4-connected region of one
 class into a scratch GeoPackage on disk. The regions are then burnt back as ids so
 that area and mean confidence per polygon come from one pass over the rasters.
-Simplification uses GEOS's coverage simplification, which simplifies each edge
-shared by two polygons once, so neighbours keep sharing their boundaries.
+Simplification (simplify.py) cuts the boundaries at the corners where regions meet
+and simplifies each arc between them the same way for both polygons that share it,
+so neighbours keep sharing their boundaries, polygon by polygon, in bounded memory.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import numpy as np
 from .classes import NODATA_CLASS
 from .errors import Cancelled, InputError
 from .geo import GroundGeometry
+from .simplify import Nodes, simplify_ring
 
 ROWS_PER_READ = 256
 LAYER = "landcover"
@@ -89,9 +91,9 @@ def regions(class_path: str, conf_path: str | None, classes, geometry: GroundGeo
                 raise Cancelled("Cancelled; no output was written.") from None
             raise
         layer.SyncToDisk()
-        stats = _region_stats(gdal, cls_ds, layer, conf_path, id_path, geometry, cancel)
+        stats, nodes = _region_stats(gdal, cls_ds, layer, conf_path, id_path, geometry, cancel, simplify > 0)
         progress(0.8)
-        yield _records(layer, stats, names, simplify)
+        yield _records(layer, stats, names, simplify, nodes, cls_ds.GetGeoTransform())
         progress(1.0)
     finally:
         vec_ds = cls_ds = None
@@ -100,8 +102,9 @@ def regions(class_path: str, conf_path: str | None, classes, geometry: GroundGeo
                 os.remove(p)
 
 
-def _region_stats(gdal, cls_ds, layer, conf_path, id_path, geometry, cancel):
-    """Area and confidence sums per feature id, from the regions burnt back as ids."""
+def _region_stats(gdal, cls_ds, layer, conf_path, id_path, geometry, cancel, find_nodes=False):
+    """Area and confidence sums per feature id, from the regions burnt back as ids; and the
+    boundary nodes that simplification needs."""
     w, h = cls_ds.RasterXSize, cls_ds.RasterYSize
     ids = gdal.GetDriverByName("GTiff").Create(id_path, w, h, 1, gdal.GDT_Int32,
                                                ["TILED=YES", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER"])
@@ -115,11 +118,17 @@ def _region_stats(gdal, cls_ds, layer, conf_path, id_path, geometry, cancel):
     conf = np.zeros(fid_max)
     conf_ds = gdal.Open(conf_path) if conf_path else None
     id_band = ids.GetRasterBand(1)
+    nodes = Nodes() if find_nodes else None
+    above = None
     for r0 in range(0, h, ROWS_PER_READ):
         if cancel():
             raise Cancelled("Cancelled; no output was written.")
         rows = min(ROWS_PER_READ, h - r0)
-        fid = id_band.ReadAsArray(0, r0, w, rows).ravel()
+        block = id_band.ReadAsArray(0, r0, w, rows)
+        if nodes is not None:
+            nodes.add_block(block, above, r0, last=r0 + rows >= h)
+            above = block[-1].copy()
+        fid = block.ravel()
         keep = fid > 0
         fid = fid[keep]
         pa = np.broadcast_to(geometry.pixel_areas(r0, rows)[:, None], (rows, w)).ravel()[keep]
@@ -128,7 +137,7 @@ def _region_stats(gdal, cls_ds, layer, conf_path, id_path, geometry, cancel):
             c = conf_ds.GetRasterBand(1).ReadAsArray(0, r0, w, rows).ravel()[keep]
             conf += np.bincount(fid, weights=c * pa, minlength=fid_max)
     ids = conf_ds = None
-    return area, (conf if conf_path else None)
+    return (area, (conf if conf_path else None)), (nodes.finish() if nodes is not None else None)
 
 
 def _burn_fids(gdal, ids_ds, layer) -> int:
@@ -157,31 +166,33 @@ def _burn_fids(gdal, ids_ds, layer) -> int:
     return top
 
 
-def _records(layer, stats, names, simplify) -> Iterator[Region]:
+def _records(layer, stats, names, simplify, nodes, gt) -> Iterator[Region]:
     area, conf = stats
     layer.ResetReading()
-    if simplify <= 0:
-        for f in layer:
-            yield _record(f.GetGeometryRef().ExportToIsoWkb(), f, area, conf, names)
-        return
-    import shapely
-
-    # Coverage simplification needs every polygon at once: memory grows with the number
-    # of polygons here (about 1 GB for 50 000), unlike the streaming path above.
-    keys, wkbs = [], []
     for f in layer:
-        keys.append((f.GetFID(), f.GetField("class_id")))
-        wkbs.append(bytes(f.GetGeometryRef().ExportToIsoWkb()))
-    geoms = shapely.from_wkb(wkbs)
-    del wkbs
-    simple = shapely.coverage_simplify(geoms, simplify, simplify_boundary=True)
-    del geoms
-    for (fid, cid), g in zip(keys, simple):
-        if g is None or g.is_empty:
-            continue
-        a = area[fid]
-        yield Region(shapely.to_wkb(g), cid, names.get(cid, str(cid)), float(a),
-                     float(conf[fid] / a) if conf is not None and a > 0 else None)
+        geom = f.GetGeometryRef()
+        wkb = _simplified(geom, nodes, simplify, gt) if simplify > 0 else geom.ExportToIsoWkb()
+        yield _record(wkb, f, area, conf, names)
+
+
+def _simplified(geom, nodes: Nodes, tolerance: float, gt) -> bytes:
+    """The polygon with each boundary arc simplified in pixel space, back in map coordinates."""
+    from osgeo import ogr
+
+    det = gt[1] * gt[5] - gt[2] * gt[4]
+    tol_px = tolerance / max(min(abs(gt[1]), abs(gt[5])), 1e-12)
+    out = ogr.Geometry(ogr.wkbPolygon)
+    for i in range(geom.GetGeometryCount()):
+        xy = np.asarray(geom.GetGeometryRef(i).GetPoints(), np.float64)[:, :2] - (gt[0], gt[3])
+        # inverse geotransform, rounded: the vertices are pixel corners
+        px = np.rint((xy[:, 0] * gt[5] - xy[:, 1] * gt[2]) / det).astype(np.int64)
+        py = np.rint((xy[:, 1] * gt[1] - xy[:, 0] * gt[4]) / det).astype(np.int64)
+        ring = simplify_ring(list(zip(px.tolist(), py.tolist())), nodes, tol_px)
+        r = ogr.Geometry(ogr.wkbLinearRing)
+        for x, y in ring:
+            r.AddPoint_2D(gt[0] + x * gt[1] + y * gt[2], gt[3] + x * gt[4] + y * gt[5])
+        out.AddGeometry(r)
+    return out.ExportToIsoWkb()
 
 
 def _record(wkb, f, area, conf, names) -> Region:

@@ -11,7 +11,7 @@ REQUIRED = ("torch", "safetensors", "rasterio")
 
 def install_command() -> str:
     """The command that installs the missing packages into this QGIS's Python."""
-    packages = "torch safetensors shapely"
+    packages = "torch safetensors"
     if not sys.platform.startswith("linux"):
         packages += " rasterio"  # Linux distributions package it on QGIS's own GDAL
     if sys.platform.startswith("win"):

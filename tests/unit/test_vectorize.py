@@ -132,3 +132,39 @@ def test_cancel_during_polygonize(tmp_path):
     with pytest.raises(Cancelled):
         vectorize(c, p, str(tmp_path / "v.gpkg"), DEFAULT_CLASSES, geom, cancel=lambda: True)
     assert sorted(x.name for x in tmp_path.iterdir()) == ["c.tif", "p.tif"]
+
+
+@pytest.mark.parametrize("tolerance,valid_share", [(0.7, 1.0), (2.0, 0.97)])
+def test_simplified_model_output_keeps_a_coverage(tmp_path, model_file, tolerance, valid_share):
+    """Speckly output of a random model: shared arcs keep the coverage; a tolerance wider than
+    half a thin region can make that region's ring cross itself, which is measured here."""
+    from conftest import FIXTURE
+
+    from landcover_plugin.core.segment import SegmentOptions, segment
+
+    res = segment(FIXTURE, str(tmp_path / "c.tif"), model_file, vector_path=str(tmp_path / "v.gpkg"),
+                  options=SegmentOptions(min_area=6, simplify=tolerance))
+    feats, _ = _features(res.vector_path)
+    geoms = [f["geom"] for f in feats]
+    valid = [g for g in geoms if g.is_valid]
+    assert len(valid) >= valid_share * len(geoms)
+    if len(valid) == len(geoms):
+        union = shapely.union_all(geoms)
+        assert union.area == pytest.approx(768 * 768, rel=1e-9), "no gaps"
+        assert sum(g.area for g in geoms) == pytest.approx(union.area, rel=1e-9), "no overlaps"
+
+
+def test_arc_simplification_ignores_direction():
+    from landcover_plugin.core.simplify import simplify_arc
+
+    rng = np.random.default_rng(4)
+    steps = rng.integers(0, 2, 60)
+    pts = [(0, 0)]
+    for s in steps:  # a staircase
+        x, y = pts[-1]
+        pts.append((x + 1, y) if s else (x, y + 1))
+    assert simplify_arc(pts, 1.2) == simplify_arc(pts[::-1], 1.2)[::-1]
+    assert len(simplify_arc(pts, 1.2)) < len(pts) / 3
+    loop = pts + [(pts[-1][0], 0), (0, 0)]
+    assert simplify_arc(loop, 1.0) == simplify_arc(loop[::-1], 1.0)[::-1]
+    assert len(set(simplify_arc(loop, 100.0))) >= 3
