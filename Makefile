@@ -54,7 +54,7 @@ test: venv lint
 
 # The main job as users run it headless: landcover:segment through qgis_process, on the
 # bundled sample image with the bundled model. QGIS's embedded Python gets the venv's
-# packages (torch, safetensors, shapely) through PYTHONPATH.
+# packages (torch, safetensors) through PYTHONPATH.
 QGIS_ENV = QGIS_PLUGINPATH=$(abspath $(STAGE)) PYTHONPATH=$(abspath $(VENV_SITE)) QT_QPA_PLATFORM=offscreen
 VENV_SITE = $(VENV)/lib/python3.11/site-packages
 

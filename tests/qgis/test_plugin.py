@@ -288,3 +288,23 @@ def test_qgis_process_runs_segment_headless(small_model, utm_raster, tmp_path):
     result = json.loads(r.stdout[r.stdout.index("{"):])
     assert os.path.exists(result["results"]["OUTPUT_RASTER"]) and os.path.exists(tmp_path / "v.gpkg")
     assert os.path.exists(tmp_path / "c.qml")
+
+
+def test_package_is_one_installable_folder(tmp_path):
+    import zipfile
+
+    r = subprocess.run(["make", "-s", "-C", ROOT, "package", f"STAGE={tmp_path / 'stage'}"], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    zpath = os.path.join(ROOT, r.stdout.strip().splitlines()[-1])
+    names = zipfile.ZipFile(zpath).namelist()
+    assert {n.split("/")[0] for n in names} == {"landcover_plugin"}
+    for needed in ("landcover_plugin/metadata.txt", "landcover_plugin/__init__.py", "landcover_plugin/icon.svg",
+                   "landcover_plugin/processing/segment_algorithm.py", "landcover_plugin/core/segment.py",
+                   "landcover_plugin/models/landcover_default.safetensors"):
+        assert needed in names
+    meta = zipfile.ZipFile(zpath).read("landcover_plugin/metadata.txt").decode()
+    for key in ("name", "qgisMinimumVersion", "description", "about", "version", "author", "email", "repository",
+                "tracker", "homepage", "tags", "category", "icon", "hasProcessingProvider", "changelog"):
+        assert f"\n{key}=" in "\n" + meta, key
+    assert not any("__pycache__" in n for n in names)
