@@ -15,7 +15,7 @@ VERSION := $(shell sed -n 's/^version=//p' metadata.txt)
 PROFILE ?= $(HOME)/.local/share/QGIS/QGIS3/profiles/default
 QGIS_PYTHON ?= /usr/bin/python3
 
-.PHONY: help system venv test test-unit lint bench demo stage package deploy undeploy clean
+.PHONY: help system venv test test-unit lint bench demo stage package deploy undeploy screenshot clean
 
 help:
 	@echo "make demo   classify the sample image with the bundled model into demo_output/"
@@ -73,6 +73,20 @@ stage:
 	mkdir -p $(STAGE)/landcover_plugin
 	for f in $(PLUGIN_FILES); do mkdir -p $(STAGE)/$$(dirname $$f) && cp $$f $(STAGE)/$$f; done
 	cp metadata.txt $(STAGE)/landcover_plugin/
+
+# QGIS desktop with the plugin enabled, on a virtual screen: runs the algorithm on the sample and saves
+# a screenshot of the styled result into docs/.
+SHOT_PROFILE := build/qgis-profile
+screenshot: venv stage
+	rm -rf $(SHOT_PROFILE) build/screenshot && mkdir -p $(SHOT_PROFILE)/profiles/default/QGIS build/screenshot docs
+	printf '[PythonPlugins]\nlandcover_plugin=true\n[qgis]\ncheckVersion=false\nshowTips=false\n' \
+	  > $(SHOT_PROFILE)/profiles/default/QGIS/QGIS3.ini
+	QGIS_PLUGINPATH=$(abspath $(STAGE)) PYTHONPATH=$(abspath $(VENV_SITE)) \
+	  LANDCOVER_INPUT=$(abspath $(DEMO_INPUT)) LANDCOVER_OUT=$(abspath build/screenshot) \
+	  LANDCOVER_SHOT=$(abspath docs/qgis_screenshot.png) \
+	  QT_QPA_PLATFORM=xcb timeout 300 xvfb-run -a -s "-screen 0 1400x900x24" qgis --profiles-path $(abspath $(SHOT_PROFILE)) \
+	  --nologo --noversioncheck --code $(abspath scripts/qgis_screenshot.py) >build/screenshot/qgis.log 2>&1 || true
+	cat build/screenshot/screenshot_status.txt
 
 package: stage
 	mkdir -p dist

@@ -63,10 +63,14 @@ def _remove_with_sidecars(path: str) -> None:
 
 def geotiff_profile(width, height, crs, transform, dtype, nodata, count=1) -> dict:
     profile = dict(driver="GTiff", width=width, height=height, count=count, dtype=dtype, nodata=nodata,
-                   transform=transform, compress="deflate", tiled=True, blockxsize=BLOCK, blockysize=BLOCK,
+                   compress="deflate", tiled=True, blockxsize=BLOCK, blockysize=BLOCK,
                    BIGTIFF="IF_SAFER", NUM_THREADS="ALL_CPUS")  # compress blocks on every core
     if crs is not None:
         profile["crs"] = crs
+    if crs is not None or not transform.is_identity:
+        # An input without georeferencing gives outputs without one too: an explicit identity
+        # transform would make QGIS draw them upside down beside the input.
+        profile["transform"] = transform
     if dtype == "float32":
         profile["predictor"] = 3
     return profile

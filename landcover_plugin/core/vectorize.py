@@ -74,7 +74,7 @@ def regions(class_path: str, conf_path: str | None, classes, geometry: GroundGeo
     id_path = os.path.join(folder, f".landcover-ids-{tag}.tif")
     cls_ds = vec_ds = None
     try:
-        cls_ds = gdal.Open(class_path)
+        cls_ds = _with_display_transform(gdal, gdal.Open(class_path), tag)
         band = cls_ds.GetRasterBand(1)
         vec_ds = ogr.GetDriverByName("GPKG").CreateDataSource(vec_path)
         layer = vec_ds.CreateLayer("regions", srs=cls_ds.GetSpatialRef(), geom_type=ogr.wkbPolygon)
@@ -97,9 +97,28 @@ def regions(class_path: str, conf_path: str | None, classes, geometry: GroundGeo
         progress(1.0)
     finally:
         vec_ds = cls_ds = None
+        if gdal.VSIStatL(f"/vsimem/landcover-{tag}.vrt") is not None:
+            gdal.Unlink(f"/vsimem/landcover-{tag}.vrt")
         for p in (vec_path, vec_path + "-wal", vec_path + "-shm", id_path):
             if os.path.exists(p):
                 os.remove(p)
+
+
+NO_TRANSFORM = (0.0, 1.0, 0.0, 0.0, 0.0, 1.0)  # what GDAL reports for a raster without georeferencing
+DISPLAY_TRANSFORM = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
+
+
+def _with_display_transform(gdal, ds, tag: str):
+    """The class raster, seen through a VRT with QGIS's transform when it has none of its own.
+
+    QGIS shows a raster without georeferencing with row r at y = -r; polygons traced with
+    GDAL's default (y = +r) would land upside down beside it.
+    """
+    if tuple(ds.GetGeoTransform()) != NO_TRANSFORM or ds.GetSpatialRef() is not None:
+        return ds
+    vrt = gdal.Translate(f"/vsimem/landcover-{tag}.vrt", ds, format="VRT")
+    vrt.SetGeoTransform(DISPLAY_TRANSFORM)
+    return vrt
 
 
 def _region_stats(gdal, cls_ds, layer, conf_path, id_path, geometry, cancel, find_nodes=False):

@@ -131,6 +131,10 @@ def test_raster_without_crs_runs_with_a_warning(tmp_path, model_file):
     assert any("no CRS" in w for w in res.warnings) and any("no CRS" in m for m in logs)
     assert _read(res.class_path).shape == (100, 200)
     assert res.areas[0].area == res.areas[0].pixels  # pixel units
+    gdal = pytest.importorskip("osgeo.gdal")
+    ds = gdal.Open(res.class_path)
+    assert ds.GetGeoTransform(can_return_null=True) is None, "no invented georeferencing"
+    ds = None
 
 
 @needs_gdal
@@ -309,3 +313,16 @@ def test_bad_paths_are_refused_before_any_work(tmp_path, utm_raster, model_file)
     with pytest.raises(InputError, match="cannot be opened as a raster"):
         segment(str(junk), str(tmp_path / "b.tif"), model_file)
     assert sorted(os.listdir(tmp_path)) == ["junk.tif"]
+
+
+@needs_gdal
+def test_polygons_of_a_raster_without_georeferencing_match_qgis_display(tmp_path, model_file):
+    """QGIS shows such rasters with row r at y = -r: polygons must sit on them, not upside down."""
+    from osgeo import ogr
+
+    res = segment(FIXTURE, str(tmp_path / "c.tif"), model_file, vector_path=str(tmp_path / "v.gpkg"),
+                  options=SegmentOptions(extent=(0, 0, 300, 200)))
+    ds = ogr.Open(res.vector_path)
+    xmin, xmax, ymin, ymax = ds.GetLayer(0).GetExtent()
+    assert (xmin, xmax, ymin, ymax) == (0, 300, -200, 0)
+    ds = None
