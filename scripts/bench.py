@@ -6,6 +6,7 @@
     python scripts/bench.py throughput [--base-width 32 --tile 512 --size 2048 --device cpu]
     python scripts/bench.py model [--base-width 32 --tile 512 --device cuda --batch-size 16]
     python scripts/bench.py polygons [--size 10000 --min-area 4 --simplify 0 1]
+    python scripts/bench.py precision IMAGES [MASKS] [--model FILE]
 
 Each prints a table and, last, one line of JSON. Rasters are built from the committed
 Dubai fixture, mirrored to fill the size, tiled and compressed like real orthophotos.
@@ -279,6 +280,54 @@ def cmd_polygons(args) -> dict:
     return {"bench": "polygons", "rows": rows}
 
 
+def cmd_precision(args) -> dict:
+    """Labels of the reduced precision the engine picks ("auto") against fp32, image by image."""
+    import numpy as np
+    import rasterio
+
+    from landcover_plugin.core.metrics import confusion, scores
+    from landcover_plugin.core.model_file import load_model, resolve_model_path
+    from landcover_plugin.core.pairs import pair_files
+    from landcover_plugin.core.segment import SegmentOptions, segment
+
+    net, spec = load_model(resolve_model_path(args.model))
+    ids, names = [c.id for c in spec.classes], [c.name for c in spec.classes]
+    pairs = pair_files(args.images, args.masks)
+    same = total = 0
+    conf = {p: np.zeros((len(ids), len(ids) + 1), np.int64) for p in ("fp32", "auto")}
+    speed = {"fp32": [0.0, 0.0], "auto": [0.0, 0.0]}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="landcover-bench-", dir=args.workdir) as tmp:
+        for image, mask in pairs:
+            labels = {}
+            for precision in ("fp32", "auto"):
+                res = segment(image, os.path.join(tmp, f"{precision}.tif"), (net, spec), log=lambda m: None,
+                              options=SegmentOptions(device=args.device, precision=precision))
+                speed[precision][0] += res.megapixels
+                speed[precision][1] += res.inference_seconds
+                with rasterio.open(res.class_path) as ds:
+                    labels[precision] = ds.read(1)
+            with rasterio.open(mask) as ds:
+                ref = ds.read(1)
+            for precision in labels:
+                conf[precision] += confusion(ref, labels[precision], ids)
+            agree = float((labels["fp32"] == labels["auto"]).mean())
+            same += int((labels["fp32"] == labels["auto"]).sum())
+            total += labels["fp32"].size
+            rows.append({"image": os.path.basename(image), "agreement": agree})
+            print(f"{os.path.basename(image)}: {100 * agree:.3f}% of pixels agree", flush=True)
+    from landcover_plugin.core.device import amp_dtype, resolve_device
+
+    reduced = str(amp_dtype(resolve_device(args.device))).replace("torch.", "")
+    result = {"bench": "precision", "reduced": reduced, "agreement": same / total, "images": rows,
+              "miou": {p: scores(m, names)["miou"] for p, m in conf.items()},
+              "mp_per_s": {p: mp / max(s, 1e-9) for p, (mp, s) in speed.items()}}
+    print(f"{reduced} vs float32: {100 * same / total:.3f}% of {total} pixels agree; mean IoU "
+          f"{result['miou']['fp32']:.4f} (fp32) vs {result['miou']['auto']:.4f} ({reduced}); "
+          f"{result['mp_per_s']['fp32']:.3f} vs {result['mp_per_s']['auto']:.3f} MP/s")
+    return result
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -307,6 +356,12 @@ def parse_args(argv=None):
     n = sub.add_parser("model", help="the network alone: MP/s per precision, FLOPs per pixel")
     common(n, 32)
     n.add_argument("--seconds", type=float, default=5.0)
+    pr = sub.add_parser("precision", help="labels of the reduced precision against fp32, on image/mask pairs")
+    pr.add_argument("images")
+    pr.add_argument("masks", nargs="?")
+    pr.add_argument("--model")
+    pr.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+    pr.add_argument("--workdir", default=None)
     g = sub.add_parser("polygons", help="sieve and polygons of a large class raster: time and peak RSS")
     g.add_argument("--size", type=int, default=10000)
     g.add_argument("--min-area", type=float, default=4.0, help="square metres (pixels are 0.5 m)")
@@ -332,7 +387,7 @@ def main(argv=None) -> int:
         return _child_polygons(args)
     _common.setup(quiet=True)
     commands = {"memory": cmd_memory, "agreement": cmd_agreement, "throughput": cmd_throughput, "model": cmd_model,
-                "polygons": cmd_polygons}
+                "polygons": cmd_polygons, "precision": cmd_precision}
     result = commands[args.cmd](args)
     print(json.dumps(result))
     return 0

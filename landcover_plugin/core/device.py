@@ -42,12 +42,27 @@ def describe(device) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-def amp_dtype(device):
-    """Mixed-precision dtype for the device, or None for full precision."""
+PRECISIONS = ("auto", "fp32")
+
+
+def amp_dtype(device, precision: str = "auto"):
+    """Mixed-precision dtype for the device, or None for full precision.
+
+    CUDA: bf16 (fp16 where bf16 is missing). CPU: bf16 where oneDNN has bf16 kernels
+    (AVX512-BF16 or AMX): about twice as fast as fp32, and its labels agreed with fp32's on
+    99.7-99.9% of pixels of held-out Dubai images (scripts/bench.py precision).
+    """
     torch = torch_or_error()
+    if precision not in PRECISIONS:
+        raise InputError(f"Unknown precision \"{precision}\"; choose one of {', '.join(PRECISIONS)}.")
+    if precision == "fp32":
+        return None
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return None
+    try:
+        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+    except (AttributeError, RuntimeError):
+        return None
 
 
 def auto_batch(device, tile: int, base_width: int) -> int:

@@ -8,13 +8,14 @@ from .errors import InputError
 
 
 class Predictor:
-    def __init__(self, network, mean, std, weights: np.ndarray, device, batch_size: int, tta: bool = False):
+    def __init__(self, network, mean, std, weights: np.ndarray, device, batch_size: int, tta: bool = False,
+                 precision: str = "auto"):
         torch = torch_or_error()
         self.torch = torch
         self.device = device
         self.batch_size = batch_size
         self.tta = tta
-        self.amp = amp_dtype(device)
+        self.amp = amp_dtype(device, precision)
         from .unet import fused_for_inference
 
         self.net = fused_for_inference(network).to(device).to(memory_format=torch.channels_last)

@@ -61,7 +61,7 @@ def test_labels_do_not_depend_on_tile_size(tmp_path):
     labels, confs = [], []
     for tile in (160, 256, 1024):  # strides stay even, as the network's pooling needs
         res = segment(img, str(tmp_path / f"c{tile}.tif"), (net, spec), confidence_path=str(tmp_path / f"p{tile}.tif"),
-                      options=SegmentOptions(tile_size=tile, overlap=64, device="cpu"))
+                      options=SegmentOptions(tile_size=tile, overlap=64, device="cpu", precision="fp32"))
         labels.append(_read(res.class_path))
         confs.append(_read(res.confidence_path))
     assert len(np.unique(labels[0])) >= 2
