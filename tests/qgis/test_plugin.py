@@ -308,3 +308,17 @@ def test_package_is_one_installable_folder(tmp_path):
                 "tracker", "homepage", "tags", "category", "icon", "hasProcessingProvider", "changelog"):
         assert f"\n{key}=" in "\n" + meta, key
     assert not any("__pycache__" in n for n in names)
+
+
+def test_batch_rows_share_one_context(provider, utm_raster, small_model, tmp_path):
+    """Batch processing runs the algorithm once per row in one context, as here."""
+    second = write_raster(tmp_path / "second.tif", fixture_pixels()[:, 200:300, :150], crs="EPSG:32640",
+                          transform=rasterio.transform.from_origin(301000, 2780000, 0.5, 0.5))
+    context = QgsProcessingContext()
+    for i, raster in enumerate((utm_raster, second)):
+        out = run("landcover:segment", {"INPUT": raster, "MODEL": small_model,
+                                        "OUTPUT_RASTER": str(tmp_path / f"row{i}.tif"),
+                                        "OUTPUT_REPORT": str(tmp_path / f"row{i}.csv")}, context=context)
+        with rasterio.open(raster) as src, rasterio.open(out["OUTPUT_RASTER"]) as c:
+            assert c.shape == src.shape and c.transform == src.transform
+        assert (tmp_path / f"row{i}.csv").read_text().startswith("class_id,class_name,pixels,area_m2,percent")
