@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import html
-import os
 
 from .areas import ClassArea
 
@@ -32,6 +31,14 @@ _STYLE = ("<style>body{font-family:sans-serif;margin:1.5em}table{border-collapse
           "margin-right:6px;vertical-align:middle}</style>")
 
 
+def _page(title: str, body: str, details: dict) -> str:
+    info = "".join(f'<tr><td class="l">{html.escape(str(k))}</td><td class="l">{html.escape(str(v))}</td></tr>'
+                   for k, v in details.items())
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>{_STYLE}"
+            f"</head><body><h1>{html.escape(title)}</h1>{body}<h2>Inputs and settings</h2><table>{info}</table>"
+            "</body></html>")
+
+
 def write_area_report(path: str, areas: list[ClassArea], units: str, title: str, details: dict) -> None:
     """Area and share of each class; CSV when `path` ends in .csv, else HTML."""
     if path.lower().endswith(".csv"):
@@ -50,15 +57,12 @@ def write_area_report(path: str, areas: list[ClassArea], units: str, title: str,
     total_px = sum(a.pixels for a in areas)
     total = sum(a.area for a in areas)
     hectares = "<th>hectares</th>" if units == "m" else "<th>-</th>"
-    info = "".join(f'<tr><td class="l">{html.escape(str(k))}</td><td class="l">{html.escape(str(v))}</td></tr>'
-                   for k, v in details.items())
-    doc = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>{_STYLE}"
-           f"</head><body><h1>{html.escape(title)}</h1>"
-           f"<table><tr><th class='l'>class</th><th>id</th><th>pixels</th><th>area ({unit})</th>{hectares}"
+    doc = _page(title,
+                f"<table><tr><th class='l'>class</th><th>id</th><th>pixels</th><th>area ({unit})</th>{hectares}"
            f"<th>share</th></tr>{rows}<tr><th class='l'>total</th><th></th><th>{total_px:,}</th>"
-           f"<th>{total:,.1f}</th><th>{total / 10000:,.3f}</th><th>100%</th></tr></table>"
-           f"<h2>Share of the classified area</h2>{_bars([(a.name, a.color, a.percent) for a in areas])}"
-           f"<h2>Run</h2><table>{info}</table></body></html>")
+                f"<th>{total:,.1f}</th><th>{total / 10000:,.3f}</th><th>100%</th></tr></table>"
+                f"<h2>Share of the classified area</h2>{_bars([(a.name, a.color, a.percent) for a in areas])}",
+                details)
     with open(path, "w", encoding="utf-8") as fh:
         fh.write(doc)
 
@@ -76,19 +80,12 @@ def write_evaluation_report(path: str, result: dict, names: list[str], title: st
         f'<tr><td class="l">{html.escape(n)}</td><td>{f(result["iou"][n])}</td><td>{f(result["f1"][n])}</td>'
         f'<td>{f(result["precision"][n])}</td><td>{f(result["recall"][n])}</td><td>{result["pixels"][n]:,}</td></tr>'
         for n in names)
-    info = "".join(f'<tr><td class="l">{html.escape(str(k))}</td><td class="l">{html.escape(str(v))}</td></tr>'
-                   for k, v in details.items())
-    doc = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>{_STYLE}"
-           f"</head><body><h1>{html.escape(title)}</h1>"
-           f"<p>Mean IoU <b>{f(result['miou'])}</b> (over the classes present in either raster), "
-           f"mean F1 {f(result['mean_f1'])}, overall accuracy <b>{f(result['accuracy'])}</b>.</p>"
-           f"<h2>Per class</h2><table><tr><th class='l'>class</th><th>IoU</th><th>F1</th><th>precision</th>"
-           f"<th>recall</th><th>reference pixels</th></tr>{per_class}</table>"
-           f"<h2>Confusion matrix</h2><p>Rows: reference; columns: classified.</p>"
-           f"<table><tr><th></th>{head}</tr>{body}</table><h2>Inputs</h2><table>{info}</table></body></html>")
+    doc = _page(title,
+                f"<p>Mean IoU <b>{f(result['miou'])}</b> (over the classes present in either raster), "
+                f"mean F1 {f(result['mean_f1'])}, overall accuracy <b>{f(result['accuracy'])}</b>.</p>"
+                f"<h2>Per class</h2><table><tr><th class='l'>class</th><th>IoU</th><th>F1</th><th>precision</th>"
+                f"<th>recall</th><th>reference pixels</th></tr>{per_class}</table>"
+                f"<h2>Confusion matrix</h2><p>Rows: reference; columns: classified.</p>"
+                f"<table><tr><th></th>{head}</tr>{body}</table>", details)
     with open(path, "w", encoding="utf-8") as fh:
         fh.write(doc)
-
-
-def report_kind(path: str) -> str:
-    return "csv" if os.path.splitext(path)[1].lower() == ".csv" else "html"

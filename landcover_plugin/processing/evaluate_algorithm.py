@@ -5,7 +5,6 @@ import json
 
 from qgis.core import (
     QgsProcessing,
-    QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
@@ -17,11 +16,11 @@ from qgis.core import (
     QgsVectorLayer,
 )
 
+from .algorithm import LandcoverAlgorithm
 from .dependencies import require_engine
-from .provider import ICON
 
 
-class EvaluateAlgorithm(QgsProcessingAlgorithm):
+class EvaluateAlgorithm(LandcoverAlgorithm):
     INPUT = "INPUT"
     REFERENCE = "REFERENCE"
     REFERENCE_FIELD = "REFERENCE_FIELD"
@@ -37,17 +36,6 @@ class EvaluateAlgorithm(QgsProcessingAlgorithm):
     def displayName(self):  # noqa: N802
         return "Evaluate land-cover classification"
 
-    def group(self):
-        return ""
-
-    def groupId(self):  # noqa: N802
-        return ""
-
-    def icon(self):
-        from qgis.PyQt.QtGui import QIcon
-
-        return QIcon(ICON)
-
     def shortHelpString(self):  # noqa: N802
         return ("<p>Compares a classified raster (class ids, such as the output of Segment land cover) with "
                 "reference data: a raster of class ids, or polygons whose class field holds class ids or "
@@ -55,9 +43,6 @@ class EvaluateAlgorithm(QgsProcessingAlgorithm):
                 "<p>Outputs the mean IoU over the classes present in either raster (MIOU), the overall "
                 "accuracy, the mean F1 and the IoU of each class (IOU, as JSON), and optionally an HTML "
                 "report with the confusion matrix and per-class IoU, F1, precision and recall.</p>")
-
-    def createInstance(self):  # noqa: N802
-        return EvaluateAlgorithm()
 
     def initAlgorithm(self, config=None):  # noqa: N802
         p = QgsProcessingParameterRasterLayer(self.INPUT, "Classified raster")

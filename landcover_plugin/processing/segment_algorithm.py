@@ -10,7 +10,6 @@ from qgis.core import (
     QgsFields,
     QgsGeometry,
     QgsProcessing,
-    QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingParameterBand,
     QgsProcessingParameterBoolean,
@@ -27,8 +26,8 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QVariant
 
+from .algorithm import LandcoverAlgorithm
 from .dependencies import require_engine
-from .provider import ICON
 
 DEVICES = ["auto", "cpu", "cuda"]
 
@@ -49,7 +48,7 @@ def _default_model_summary() -> str:
             f"ground resolution {spec.gsd or 'not declared'}.{quality} See its MODEL_CARD.md.</p>")
 
 
-class SegmentAlgorithm(QgsProcessingAlgorithm):
+class SegmentAlgorithm(LandcoverAlgorithm):
     INPUT = "INPUT"
     MODEL = "MODEL"
     BANDS = "BANDS"
@@ -72,17 +71,6 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
     def displayName(self):  # noqa: N802
         return "Segment land cover"
 
-    def group(self):
-        return ""
-
-    def groupId(self):  # noqa: N802
-        return ""
-
-    def icon(self):
-        from qgis.PyQt.QtGui import QIcon
-
-        return QIcon(ICON)
-
     def shortHelpString(self):  # noqa: N802
         return (
             "<p>Classifies every pixel of a raster into land-cover classes with a U-Net, sliding "
@@ -97,9 +85,6 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             "Masked input pixels (nodata, alpha) are nodata everywhere.</p>"
             "<p>Tile size, overlap and bands default to the model's. Regions smaller than the minimum area "
             "join their largest neighbour, in the raster and the polygons alike.</p>")
-
-    def createInstance(self):  # noqa: N802
-        return SegmentAlgorithm()
 
     def initAlgorithm(self, config=None):  # noqa: N802
         def add(param, help_text, advanced=False):
