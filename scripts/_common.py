@@ -9,9 +9,10 @@ import warnings
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
-# GDAL caches up to 5% of RAM by default; a command-line run keeps it modest so
-# that memory stays flat on large rasters.
-os.environ.setdefault("GDAL_CACHEMAX", "64")
+# GDAL caches up to 5% of RAM by default; a command-line run keeps it small so that
+# memory stays flat on large rasters. Windows are read once (plus their overlap rows),
+# so a larger cache bought no speed: 16384² ran as fast with 16 MB as with 64 MB.
+os.environ.setdefault("GDAL_CACHEMAX", "16")
 
 
 def setup(quiet: bool = False) -> None:

@@ -308,13 +308,17 @@ class _LabelWriter:
         if self.conf_ds is not None:
             if valid is not None:
                 conf = np.where(valid, conf, outputs.CONFIDENCE_NODATA)
-            self.conf_ds.write(conf.astype(np.float32), 1, window=win)
+            self.conf_ds.write(conf.astype(np.float32, copy=False), 1, window=win)
 
     def sink(self, width, height, tile):
         with_conf = self.conf_ds is not None
 
+        identity = np.array_equal(self.ids, np.arange(len(self.ids)))
+
         def write(row0, arrays):
-            self.write(row0, 0, self.ids[arrays[0][0]], arrays[1][0] if with_conf else None)
+            idx = arrays[0][0]
+            # class ids are usually 0..n-1: then the argmax is the id, and no copy is needed
+            self.write(row0, 0, idx if identity else self.ids[idx], arrays[1][0] if with_conf else None)
 
         layers = [(1, np.uint8, 0)] + ([(1, np.float32, 0.0)] if with_conf else [])
         buf = RowBuffer(width, height, outputs.BLOCK, tile, layers, write)
