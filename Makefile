@@ -87,6 +87,8 @@ screenshot: venv stage
 	  QT_QPA_PLATFORM=xcb timeout 300 xvfb-run -a -s "-screen 0 1400x900x24" qgis --profiles-path $(abspath $(SHOT_PROFILE)) \
 	  --nologo --noversioncheck --code $(abspath scripts/qgis_screenshot.py) >build/screenshot/qgis.log 2>&1 || true
 	cat build/screenshot/screenshot_status.txt
+	$(PY) -c "from PIL import Image; im = Image.open('docs/qgis_screenshot.png').convert('RGB'); \
+	  im.quantize(256, dither=Image.Dither.NONE).save('docs/qgis_screenshot.png', optimize=True)"
 
 package: stage
 	mkdir -p dist
