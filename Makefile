@@ -93,7 +93,9 @@ screenshot: venv stage
 package: stage
 	mkdir -p dist
 	rm -f dist/landcover_plugin-$(VERSION).zip
-	cd $(STAGE) && zip -qr $(abspath dist)/landcover_plugin-$(VERSION).zip landcover_plugin -x '*__pycache__*'
+	cd $(STAGE) && /usr/bin/python3 -c "import os, sys, zipfile; z = zipfile.ZipFile(sys.argv[1], 'w', \
+	  zipfile.ZIP_DEFLATED); [z.write(os.path.join(d, f)) for d, _, fs in os.walk('landcover_plugin') \
+	  for f in sorted(fs) if '__pycache__' not in d]; z.close()" $(abspath dist)/landcover_plugin-$(VERSION).zip
 	@echo dist/landcover_plugin-$(VERSION).zip
 
 # Into the QGIS profile: the plugin, and the Python packages QGIS lacks in PROFILE/python/landcover_deps
