@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-"""Measure the engine: peak memory by raster size, label agreement between tile sizes, throughput.
+"""Measure the engine: the whole path per stage, peak memory by raster size, label agreement, throughput.
 
+    python scripts/bench.py [--size N | --input PATH] [--model PATH | --base-channels W] [--device auto|cpu|cuda]
+                            [--tile N] [--batch N] [--compare-onnx] [--skip-vectorize] [--json]
     python scripts/bench.py memory [--sizes 2048 16384]
     python scripts/bench.py agreement [--tiles 256 1024] [--model FILE]
     python scripts/bench.py throughput [--base-width 32 --tile 512 --size 2048 --device cpu]
@@ -328,6 +330,97 @@ def cmd_precision(args) -> dict:
     return result
 
 
+def onnx_model_seconds(raster: str, model, tile: int, overlap: int, batch: int) -> tuple[float, int]:
+    """Seconds onnxruntime spends in the same model over the same windows (model time only), and threads."""
+    import numpy as np
+    import onnxruntime as ort
+    import rasterio
+    import torch
+    from export_onnx import export
+
+    from landcover_plugin.core.model_file import save_model
+    from landcover_plugin.core.reader import Region, WindowReader
+    from landcover_plugin.core.windows import window_grid
+
+    net, spec = model
+    threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory(prefix="landcover-onnx-") as tmp:
+        path = os.path.join(tmp, "m.safetensors")
+        save_model(path, net, spec)
+        onnx_path = export(path, os.path.join(tmp, "m.onnx"), tile)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        sess = ort.InferenceSession(onnx_path, opts, providers=["CPUExecutionProvider"])
+    mean = np.array(spec.mean, np.float32).reshape(1, -1, 1, 1)
+    std = np.array(spec.std, np.float32).reshape(1, -1, 1, 1)
+    seconds = 0.0
+    with rasterio.open(raster) as ds:
+        reader = WindowReader(ds, spec.bands, Region(0, 0, ds.width, ds.height), 1.0, spec.mean)
+        ys, xs = window_grid(reader.height, reader.width, tile, overlap)
+        windows = [(int(y), int(x)) for y in ys for x in xs]
+        for i in range(0, len(windows), batch):
+            x = np.stack([reader.read(y, x0, tile)[0] for y, x0 in windows[i:i + batch]]).astype(np.float32)
+            feed = (x - mean) / std
+            t0 = time.perf_counter()
+            sess.run(None, {"input": feed})
+            seconds += time.perf_counter() - t0
+    return seconds, threads
+
+
+def run_bench(argv) -> int:
+    """The engine end to end on one raster, per stage; --compare-onnx adds onnxruntime on the same windows."""
+    p = argparse.ArgumentParser(prog="bench.py", description="the whole engine path on one raster, per stage")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--size", type=int, default=2048, help="an N x N three-band raster made on the fly")
+    src.add_argument("--input", help="a real raster instead")
+    mdl = p.add_mutually_exclusive_group()
+    mdl.add_argument("--model", help="model file (default: the bundled model)")
+    mdl.add_argument("--base-channels", type=int, help="a random-weight U-Net of this base width instead")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32"))
+    p.add_argument("--tile", type=int)
+    p.add_argument("--overlap", type=int)
+    p.add_argument("--batch", type=int, default=0)
+    p.add_argument("--compare-onnx", action="store_true")
+    p.add_argument("--skip-vectorize", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--workdir", default=None)
+    args = p.parse_args(argv)
+    _common.setup(quiet=True)
+    from landcover_plugin.core.model_file import load_model, resolve_model_path
+    from landcover_plugin.core.segment import SegmentOptions, segment
+
+    model = random_model(args.base_channels, 4, args.tile or 512, args.overlap if args.overlap is not None else 64) \
+        if args.base_channels else load_model(resolve_model_path(args.model))
+    tile = args.tile or model[1].tile_size
+    overlap = model[1].overlap if args.overlap is None else args.overlap
+    with tempfile.TemporaryDirectory(prefix="landcover-bench-", dir=args.workdir) as tmp:
+        raster = args.input or make_raster(os.path.join(tmp, "in.tif"), args.size)
+        opts = SegmentOptions(tile_size=tile, overlap=overlap, batch_size=args.batch, device=args.device,
+                              precision=args.precision)
+        res = segment(raster, os.path.join(tmp, "classes.tif"), model, log=lambda m: None, options=opts,
+                      vector_path=None if args.skip_vectorize else os.path.join(tmp, "polygons.gpkg"))
+        peak = peak_rss_mb()
+        result = {"megapixels": round(res.megapixels, 3), "seconds": round(res.seconds, 3),
+                  "mp_per_s": round(res.megapixels / res.seconds, 4),
+                  **{f"{k}_s": v for k, v in res.stages.items()}, "peak_rss_mb": round(peak, 1),
+                  "device": res.device, "batch": res.batch_size, "tile": tile, "overlap": overlap,
+                  "model": args.model or (f"random base {args.base_channels}" if args.base_channels else "bundled")}
+        if args.compare_onnx:
+            onnx_s, threads = onnx_model_seconds(raster, model, tile, overlap, res.batch_size)
+            result.update(onnx_mp_per_s=round(res.megapixels / onnx_s, 4), onnx_threads=threads,
+                          ratio_vs_onnx=round((res.megapixels / res.seconds) / (res.megapixels / onnx_s), 3))
+    stages = ", ".join(f"{k} {v:.2f} s" for k, v in res.stages.items())
+    print(f"{result['megapixels']} MP in {result['seconds']} s: {result['mp_per_s']} MP/s end to end on "
+          f"{result['device']} ({stages}); peak RSS {result['peak_rss_mb']} MB")
+    if args.compare_onnx:
+        print(f"onnxruntime, model only, same windows, {result['onnx_threads']} threads: {result['onnx_mp_per_s']} "
+              f"MP/s; ours end to end / that = {result['ratio_vs_onnx']}")
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -379,7 +472,13 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+SUBCOMMANDS = ("memory", "agreement", "throughput", "model", "polygons", "precision", "_child", "_polygons")
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help"):
+        return run_bench(argv)
     args = parse_args(argv)
     if args.cmd == "_child":
         return _child_segment(args)

@@ -23,6 +23,7 @@ from .model_file import ModelSpec, load_model, resolve_model_path
 from .reader import Region, WindowReader, read_valid
 from .rowbuffer import RowBuffer
 from .sliding import slide
+from .stopwatch import Stopwatch
 from .windows import blend_weights
 
 logger = logging.getLogger("landcover")
@@ -62,6 +63,7 @@ class SegmentResult:
     areas: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
     area_units: str = "m"  # "m" (areas in m2) or "pixels" without georeferencing
+    stages: dict = field(default_factory=dict)  # seconds per stage (see Stopwatch use below)
 
     @property
     def megapixels(self) -> float:
@@ -116,7 +118,8 @@ def segment(input_path: str, class_path: str, model=None, confidence_path: str |
         from .vectorize import sieve
 
         if opts.min_area > 0:
-            sieve(tmp_class, job.geometry.pixels_for_area(opts.min_area))
+            with job.watch.stage("sieve"):
+                sieve(tmp_class, job.geometry.pixels_for_area(opts.min_area))
         if want_polygons:
             from .vectorize import regions, write_gpkg
 
@@ -127,10 +130,12 @@ def segment(input_path: str, class_path: str, model=None, confidence_path: str |
                 def polygon_writer(records):
                     return write_gpkg(tmp_vec, records, wkt)
 
-            with regions(tmp_class, tmp_conf, spec.classes, job.geometry, opts.simplify, cancel,
-                         lambda f: progress(share + (1 - share) * f)) as records:
+            with job.watch.stage("vectorize"), regions(tmp_class, tmp_conf, spec.classes, job.geometry,
+                                                       opts.simplify, cancel,
+                                                       lambda f: progress(share + (1 - share) * f)) as records:
                 polygon_writer(records)
-        areas = class_areas(tmp_class, spec.classes, job.geometry)
+        with job.watch.stage("areas"):
+            areas = class_areas(tmp_class, spec.classes, job.geometry)
         if cancel():
             raise Cancelled("Cancelled; no output was written.")
         files.commit()
@@ -140,7 +145,7 @@ def segment(input_path: str, class_path: str, model=None, confidence_path: str |
     progress(1.0)
     result = SegmentResult(class_path, confidence_path, vector_path, spec, device, batch, job.tile, job.overlap,
                            job.scale, job.region.width, job.region.height, time.perf_counter() - start, infer_s,
-                           areas, job.warnings, job.geometry.units)
+                           areas, job.warnings, job.geometry.units, job.stage_seconds())
     log(f"Classified {result.megapixels:.2f} MP in {infer_s:.1f} s on {device}: {result.mp_per_s:.2f} MP/s "
         f"(batch {batch}, tile {job.tile}, overlap {job.overlap}); whole job {result.seconds:.1f} s.")
     return result
@@ -167,6 +172,7 @@ class _Job:
     def __init__(self, src, mask_src, spec: ModelSpec, opts: SegmentOptions, log: Log):
         self.src, self.mask_src, self.spec, self.opts, self.log = src, mask_src, spec, opts, log
         self.warnings: list[str] = []
+        self.watch = Stopwatch()
         self.src_crs = src.crs
         self.bands = self._bands()
         self.region = self._region()
@@ -177,6 +183,14 @@ class _Job:
                        "cannot be checked.")
         self.scale = self._scale()
         self.tile, self.overlap = self._tiling()
+
+    def stage_seconds(self) -> dict:
+        """Seconds per stage. "write" (final outputs) happens while blending, so it is taken out
+        of "blend"; "read" runs in its own thread, beside the others."""
+        seconds = self.watch.rounded()
+        if "write" in seconds and "blend" in seconds and self.scale == 1.0:
+            seconds["blend"] = round(max(0.0, seconds["blend"] - seconds["write"]), 3)
+        return seconds
 
     def _warn(self, msg: str) -> None:
         self.warnings.append(msg)
@@ -254,17 +268,19 @@ class _Job:
                 _open_optional(conf_path, outputs.confidence_profile(**grid)) as conf_ds:
             outputs.write_class_styling(cls_ds, spec.classes)
             cls_ds.update_tags(MODEL=spec.name, DEVICE=device.type, TILE_SIZE=self.tile, OVERLAP=self.overlap)
-            final = _LabelWriter(ids, cls_ds, conf_ds, lambda r, n: read_valid(self.mask_src, self.bands, region, r, n))
+            final = _LabelWriter(ids, cls_ds, conf_ds, lambda r, n: read_valid(self.mask_src, self.bands, region, r, n),
+                                 self.watch)
             if self.scale == 1.0:
                 slide(reader, predictor, self.spec.num_classes, self.tile, self.overlap,
-                      final.sink(region.width, region.height, self.tile), progress, cancel)
+                      final.sink(region.width, region.height, self.tile), progress, cancel, self.watch)
             else:
                 prob_path = files.scratch(os.path.dirname(os.path.abspath(class_path)), ".tif")
                 prob_profile = outputs.geotiff_profile(reader.width, reader.height, None, rasterio.Affine.identity(),
                                                        "uint8", None, count=len(ids))
                 with rasterio.open(prob_path, "w", **prob_profile) as prob_ds:
                     slide(reader, predictor, self.spec.num_classes, self.tile, self.overlap,
-                          _prob_sink(prob_ds, reader.width, reader.height, self.tile), progress, cancel)
+                          _prob_sink(prob_ds, reader.width, reader.height, self.tile), progress, cancel,
+                          self.watch)
                 with rasterio.open(prob_path) as prob_ds:
                     final.from_probabilities(prob_ds, region.width, region.height, self.scale, cancel)
         return describe(device), predictor.batch_size
@@ -294,10 +310,14 @@ def _prob_sink(ds, width, height, tile):
 class _LabelWriter:
     """Turns blended probabilities into class ids and confidence, masking invalid pixels."""
 
-    def __init__(self, ids: np.ndarray, cls_ds, conf_ds, valid):
-        self.ids, self.cls_ds, self.conf_ds, self.valid = ids, cls_ds, conf_ds, valid
+    def __init__(self, ids: np.ndarray, cls_ds, conf_ds, valid, watch: Stopwatch):
+        self.ids, self.cls_ds, self.conf_ds, self.valid, self.watch = ids, cls_ds, conf_ds, valid, watch
 
     def write(self, row0: int, col0: int, labels: np.ndarray, conf: np.ndarray | None) -> None:
+        with self.watch.stage("write"):
+            self._write(row0, col0, labels, conf)
+
+    def _write(self, row0: int, col0: int, labels: np.ndarray, conf: np.ndarray | None) -> None:
         rows, cols = labels.shape
         valid = self.valid(row0, rows)
         if valid is not None:

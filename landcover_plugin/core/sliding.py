@@ -7,15 +7,20 @@ import numpy as np
 
 from .blend import StripBlender
 from .errors import Cancelled
+from .stopwatch import Stopwatch
 from .windows import reflect_index, window_grid
 
 
-def slide(reader, predictor, num_classes: int, tile: int, overlap: int, sink, progress=None, cancel=None) -> None:
+def slide(reader, predictor, num_classes: int, tile: int, overlap: int, sink, progress=None, cancel=None,
+          watch: Stopwatch | None = None) -> None:
     """Run `predictor` over every window of `reader` (model pixel space) and blend into `sink`.
 
     reader: .height, .width and .read(y, x, tile) -> (window array, any pixel valid).
     sink: (put(row, col, scores tensor), done_until(row)).
+    watch: stages "read" (in the reader thread, overlapping the others), "infer" (the
+    network; on CUDA its kernels may finish during "blend", which waits for them), "blend".
     """
+    watch = watch or Stopwatch()
     progress = progress or (lambda f: None)
     cancel = cancel or (lambda: False)
     put, done_until = sink
@@ -26,7 +31,8 @@ def slide(reader, predictor, num_classes: int, tile: int, overlap: int, sink, pr
     batches = [order[i:i + predictor.batch_size] for i in range(0, len(order), predictor.batch_size)]
 
     def load(batch):
-        return [(k, j, *reader.read(int(ys[k]), int(xs[j]), tile)) for k, j in batch]
+        with watch.stage("read"):
+            return [(k, j, *reader.read(int(ys[k]), int(xs[j]), tile)) for k, j in batch]
 
     # The next batch is read while the network runs on this one (GDAL releases the GIL).
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -39,9 +45,11 @@ def slide(reader, predictor, num_classes: int, tile: int, overlap: int, sink, pr
             if cancel():
                 raise Cancelled("Cancelled; no output was written.")
             valid = [data for _, _, data, ok in items if ok]
-            scores = iter(predictor(np.stack(valid)) if valid else ())
-            for k, j, _, ok in items:
-                blender.add(k, j, next(scores) if ok else None)
+            with watch.stage("infer"):
+                scores = iter(predictor(np.stack(valid)) if valid else ())
+            with watch.stage("blend"):
+                for k, j, _, ok in items:
+                    blender.add(k, j, next(scores) if ok else None)
             done += len(items)
             progress(done / len(order))
 
