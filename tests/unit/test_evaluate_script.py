@@ -53,3 +53,18 @@ def test_segment_script_writes_every_output(tmp_path):
                                             "landcover.gpkg"]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert sum(a["pixels"] for a in result["areas"]) == 768 * 768
+
+
+def test_bench_reports_every_stage_and_the_onnx_ratio(tmp_path):
+    pytest.importorskip("onnxruntime")
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench.py"), "--size", "300",
+                          "--base-channels", "4", "--tile", "128", "--overlap", "16", "--device", "cpu",
+                          "--compare-onnx", "--json", "--workdir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    for key in ("megapixels", "seconds", "mp_per_s", "read_s", "infer_s", "blend_s", "write_s", "vectorize_s",
+                "peak_rss_mb", "device", "onnx_mp_per_s", "ratio_vs_onnx"):
+        assert key in result, key
+    assert result["megapixels"] == pytest.approx(0.09) and result["peak_rss_mb"] > 50
+    assert os.listdir(tmp_path) == []
