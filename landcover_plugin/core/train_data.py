@@ -25,10 +25,6 @@ class Labelled:
     image: np.ndarray  # (bands, H, W), native dtype
     mask: np.ndarray  # (H, W) uint8 class ids, 255 ignored
 
-    @property
-    def group(self) -> str:
-        return self.name
-
 
 def read_image(path: str, bands=None) -> np.ndarray:
     """(bands, H, W) array of a raster or plain image; rasterio when present, else Pillow for PNG/JPEG."""
