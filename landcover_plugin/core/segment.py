@@ -11,17 +11,14 @@ from typing import Callable
 
 import numpy as np
 import rasterio
-from rasterio.enums import Resampling
-from rasterio.windows import Window
 
 from . import outputs
-from .classes import NODATA_CLASS
 from .device import amp_dtype, auto_batch, describe, resolve_device, torch_or_error
 from .errors import Cancelled, InputError
 from .geo import ground_geometry
 from .model_file import ModelSpec, load_model, resolve_model_path
 from .reader import Region, WindowReader, read_valid
-from .rowbuffer import RowBuffer
+from .sinks import LabelWriter, prob_sink
 from .sliding import slide
 from .stopwatch import Stopwatch
 from .windows import blend_weights
@@ -268,7 +265,7 @@ class _Job:
                 _open_optional(conf_path, outputs.confidence_profile(**grid)) as conf_ds:
             outputs.write_class_styling(cls_ds, spec.classes)
             cls_ds.update_tags(MODEL=spec.name, DEVICE=device.type, TILE_SIZE=self.tile, OVERLAP=self.overlap)
-            final = _LabelWriter(ids, cls_ds, conf_ds, lambda r, n: read_valid(self.mask_src, self.bands, region, r, n),
+            final = LabelWriter(ids, cls_ds, conf_ds, lambda r, n: read_valid(self.mask_src, self.bands, region, r, n),
                                  self.watch)
             if self.scale == 1.0:
                 slide(reader, predictor, self.spec.num_classes, self.tile, self.overlap,
@@ -279,92 +276,12 @@ class _Job:
                                                        "uint8", None, count=len(ids))
                 with rasterio.open(prob_path, "w", **prob_profile) as prob_ds:
                     slide(reader, predictor, self.spec.num_classes, self.tile, self.overlap,
-                          _prob_sink(prob_ds, reader.width, reader.height, self.tile), progress, cancel,
+                          prob_sink(prob_ds, reader.width, reader.height, self.tile), progress, cancel,
                           self.watch)
                 with rasterio.open(prob_path) as prob_ds:
                     final.from_probabilities(prob_ds, region.width, region.height, self.scale, cancel)
         return describe(device), predictor.batch_size
 
-def _torch():
-    return torch_or_error()
-
 
 def _open_optional(path, profile):
     return rasterio.open(path, "w", **profile) if path else contextlib.nullcontext(None)
-
-
-def _prob_sink(ds, width, height, tile):
-    """Probabilities (0..255) on the model's grid, for resampling onto the raster's grid."""
-
-    def write(row0, arrays):
-        ds.write(arrays[0], window=Window(0, row0, width, arrays[0].shape[1]))
-
-    buf = RowBuffer(width, height, outputs.BLOCK, tile, [(ds.count, np.uint8, 0)], write)
-
-    def put(r, c, scores):
-        buf.put(r, c, [(scores * 255).round_().clamp_(0, 255).to(dtype=_torch().uint8).cpu().numpy()])
-
-    return put, buf.done_until
-
-
-class _LabelWriter:
-    """Turns blended probabilities into class ids and confidence, masking invalid pixels."""
-
-    def __init__(self, ids: np.ndarray, cls_ds, conf_ds, valid, watch: Stopwatch):
-        self.ids, self.cls_ds, self.conf_ds, self.valid, self.watch = ids, cls_ds, conf_ds, valid, watch
-
-    def write(self, row0: int, col0: int, labels: np.ndarray, conf: np.ndarray | None) -> None:
-        with self.watch.stage("write"):
-            self._write(row0, col0, labels, conf)
-
-    def _write(self, row0: int, col0: int, labels: np.ndarray, conf: np.ndarray | None) -> None:
-        rows, cols = labels.shape
-        valid = self.valid(row0, rows)
-        if valid is not None:
-            valid = valid[:, col0:col0 + cols]
-            labels = np.where(valid, labels, NODATA_CLASS).astype(np.uint8)
-        win = Window(col0, row0, cols, rows)
-        self.cls_ds.write(labels, 1, window=win)
-        if self.conf_ds is not None:
-            if valid is not None:
-                conf = np.where(valid, conf, outputs.CONFIDENCE_NODATA)
-            self.conf_ds.write(conf.astype(np.float32, copy=False), 1, window=win)
-
-    def sink(self, width, height, tile):
-        with_conf = self.conf_ds is not None
-
-        identity = np.array_equal(self.ids, np.arange(len(self.ids)))
-
-        def write(row0, arrays):
-            idx = arrays[0][0]
-            # class ids are usually 0..n-1: then the argmax is the id, and no copy is needed
-            self.write(row0, 0, idx if identity else self.ids[idx], arrays[1][0] if with_conf else None)
-
-        layers = [(1, np.uint8, 0)] + ([(1, np.float32, 0.0)] if with_conf else [])
-        buf = RowBuffer(width, height, outputs.BLOCK, tile, layers, write)
-
-        def put(r, c, scores):
-            conf, idx = scores.max(dim=0, keepdim=True)
-            values = [idx.to(dtype=_torch().uint8).cpu().numpy()]
-            if with_conf:
-                values.append(conf.cpu().numpy())
-            buf.put(r, c, values)
-
-        return put, buf.done_until
-
-    def from_probabilities(self, prob_ds, width, height, scale, cancel: Cancel, chunk: int = 2048) -> None:
-        """Resample model-grid probabilities bilinearly onto the raster grid, block by block."""
-        n = prob_ds.count
-        for r0 in range(0, height, outputs.BLOCK):
-            if cancel():
-                raise Cancelled("Cancelled; no output was written.")
-            rows = min(outputs.BLOCK, height - r0)
-            for c0 in range(0, width, chunk):
-                cols = min(chunk, width - c0)
-                # rounding of the model grid's size can put the last window a hair outside it
-                x, y = c0 * scale, r0 * scale
-                win = Window(x, y, min(cols * scale, prob_ds.width - x), min(rows * scale, prob_ds.height - y))
-                p = prob_ds.read(window=win, out_shape=(n, rows, cols), resampling=Resampling.bilinear,
-                                 boundless=False)
-                conf = p.max(axis=0).astype(np.float32) / 255.0
-                self.write(r0, c0, self.ids[p.argmax(axis=0)], conf)
