@@ -322,3 +322,16 @@ def test_batch_rows_share_one_context(provider, utm_raster, small_model, tmp_pat
         with rasterio.open(raster) as src, rasterio.open(out["OUTPUT_RASTER"]) as c:
             assert c.shape == src.shape and c.transform == src.transform
         assert (tmp_path / f"row{i}.csv").read_text().startswith("class_id,class_name,pixels,area_m2,percent")
+
+
+def test_evaluate_reprojects_a_reference_on_another_grid(provider, tmp_path):
+    from rasterio.transform import from_origin
+
+    pred = np.zeros((40, 40), np.uint8)
+    pred[:, 20:] = 3
+    ref = np.zeros((20, 20), np.uint8)  # the same area at twice the pixel size
+    ref[:, 10:] = 3
+    p = write_raster(tmp_path / "pred.tif", pred, crs="EPSG:32640", transform=from_origin(0, 40, 1, 1), nodata=255)
+    r = write_raster(tmp_path / "ref.tif", ref, crs="EPSG:32640", transform=from_origin(0, 40, 2, 2), nodata=255)
+    out = run("landcover:evaluate", {"INPUT": p, "REFERENCE": r})
+    assert out["OVERALL_ACCURACY"] == pytest.approx(1.0) and out["MIOU"] == pytest.approx(1.0)
