@@ -5,7 +5,7 @@
 set -uo pipefail
 OUT=${OUT:-gpu_output}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 GDAL_CACHEMAX=256
+export PYTHONUNBUFFERED=1
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site
@@ -23,9 +23,12 @@ nvidia-smi dmon -s u -d 1 > "$OUT/dmon.txt" 2>&1 &
 DMON=$!
 {
   for b in 8 32; do python3 scripts/bench.py model --device cuda --tile 512 --batch-size $b --seconds 4; done
+  # the whole path per stage, bundled model (its own tile/overlap) and a base-32 random U-Net
+  python3 scripts/bench.py --size 4096 --device cuda --json --workdir /tmp
   for tb in "512 8" "512 32" "1024 8"; do
     set -- $tb
-    python3 scripts/bench.py throughput --device cuda --tile $1 --batch-size $2 --size 4096 --repeat 2 --workdir /tmp
+    python3 scripts/bench.py --size 4096 --base-channels 32 --device cuda --tile $1 --batch $2 --skip-vectorize \
+      --json --workdir /tmp
   done
   python3 scripts/bench.py memory --device cuda --sizes 2048 16384 --workdir /tmp
 } 2>&1 | tee "$OUT/bench.txt"
