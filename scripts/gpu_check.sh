@@ -23,8 +23,8 @@ nvidia-smi dmon -s u -d 1 > "$OUT/dmon.txt" 2>&1 &
 DMON=$!
 {
   for b in 8 32; do python3 scripts/bench.py model --device cuda --tile 512 --batch-size $b --seconds 4; done
-  # the whole path per stage, bundled model (its own tile/overlap) and a base-32 random U-Net
-  python3 scripts/bench.py --size 4096 --device cuda --json --workdir /tmp
+  # the whole path per stage (polygons need GDAL's bindings, absent there): bundled model, then base-32 U-Nets
+  python3 scripts/bench.py --size 4096 --device cuda --skip-vectorize --json --workdir /tmp  # no GDAL bindings there
   for tb in "512 8" "512 32" "1024 8"; do
     set -- $tb
     python3 scripts/bench.py --size 4096 --base-channels 32 --device cuda --tile $1 --batch $2 --skip-vectorize \
