@@ -49,18 +49,21 @@ def write_area_report(path: str, areas: list[ClassArea], units: str, title: str,
                 w.writerow([a.id, a.name, a.pixels, f"{a.area:.3f}", f"{a.percent:.3f}"])
         return
     unit = _unit(units)
+
+    def ha(area):  # hectares only where areas are ground areas
+        return f"<td>{area / 10000:,.3f}</td>" if units == "m" else ""
+
     rows = "".join(
         f'<tr><td class="l"><span class="sw" style="background:{a.color}"></span>{html.escape(a.name)}</td>'
-        f"<td>{a.id}</td><td>{a.pixels:,}</td><td>{a.area:,.1f}</td>"
-        f"<td>{a.area / 10000:,.3f}</td><td>{a.percent:.2f}%</td></tr>"
+        f"<td>{a.id}</td><td>{a.pixels:,}</td><td>{a.area:,.1f}</td>{ha(a.area)}<td>{a.percent:.2f}%</td></tr>"
         for a in areas)
     total_px = sum(a.pixels for a in areas)
     total = sum(a.area for a in areas)
-    hectares = "<th>hectares</th>" if units == "m" else "<th>-</th>"
+    hectares = "<th>hectares</th>" if units == "m" else ""
     doc = _page(title,
                 f"<table><tr><th class='l'>class</th><th>id</th><th>pixels</th><th>area ({unit})</th>{hectares}"
-           f"<th>share</th></tr>{rows}<tr><th class='l'>total</th><th></th><th>{total_px:,}</th>"
-                f"<th>{total:,.1f}</th><th>{total / 10000:,.3f}</th><th>100%</th></tr></table>"
+                f"<th>share</th></tr>{rows}<tr><th class='l'>total</th><th></th><th>{total_px:,}</th>"
+                f"<th>{total:,.1f}</th>{ha(total).replace('td', 'th')}<th>100%</th></tr></table>"
                 f"<h2>Share of the classified area</h2>{_bars([(a.name, a.color, a.percent) for a in areas])}",
                 details)
     with open(path, "w", encoding="utf-8") as fh:

@@ -50,3 +50,18 @@ def test_no_pairs_is_explained(tmp_path):
     _touch(tmp_path, "a.jpg")
     with pytest.raises(InputError, match="No image/mask pairs"):
         pair_files(str(tmp_path))
+
+
+def test_area_report_shows_hectares_only_for_ground_areas(tmp_path):
+    from landcover_plugin.core.areas import ClassArea
+    from landcover_plugin.core.report import write_area_report
+
+    areas = [ClassArea(0, "background", "#d9d0c1", 300, 1200.0, 75.0), ClassArea(3, "water", "#2b7bd6", 100, 400.0,
+                                                                                 25.0)]
+    write_area_report(str(tmp_path / "m.html"), areas, "m", "t", {"model": "x"})
+    write_area_report(str(tmp_path / "p.html"), areas, "pixels", "t", {})
+    write_area_report(str(tmp_path / "m.csv"), areas, "m", "t", {})
+    metres, pixels = (tmp_path / "m.html").read_text(), (tmp_path / "p.html").read_text()
+    assert "hectares" in metres and "<td>0.120</td>" in metres and "<th>0.160</th>" in metres
+    assert "hectares" not in pixels and "area (pixels)" in pixels
+    assert (tmp_path / "m.csv").read_text().splitlines()[2] == "3,water,100,400.000,25.000"
