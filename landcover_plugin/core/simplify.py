@@ -98,6 +98,15 @@ def _dp(points: np.ndarray, tol: float) -> list[int]:
     return sorted(keep)
 
 
+def arc_key(arc: list) -> int:
+    """The same key for an arc and its reverse."""
+    if len(arc) <= 2:
+        return hash(tuple(sorted(arc)))
+    loop = arc[0] == arc[-1]
+    flip = (arc[1] > arc[-2]) if loop else (arc[0] > arc[-1])
+    return hash(tuple(arc[::-1] if flip else arc))
+
+
 def simplify_arc(arc: list, tol: float) -> list:
     """Simplified arc (list of (x, y)); identical for an arc and its reverse."""
     if len(arc) <= 2:
@@ -127,8 +136,9 @@ def simplify_arc(arc: list, tol: float) -> list:
     return out[::-1] if flip else out
 
 
-def simplify_ring(ring: list, nodes: Nodes, tol: float) -> list:
-    """A closed ring of pixel corners (first == last) simplified arc by arc."""
+def ring_arcs(ring: list, nodes: Nodes) -> list[list]:
+    """A closed ring of pixel corners (first == last) cut into its arcs between nodes
+    (one closed arc when no node lies on it)."""
     pts = ring[:-1]
     full = []
     for i, p in enumerate(pts):
@@ -137,13 +147,23 @@ def simplify_ring(ring: list, nodes: Nodes, tol: float) -> list:
     cuts = [i for i, p in enumerate(full) if p in nodes]
     if not cuts:
         start = min(range(len(full)), key=lambda i: full[i])
-        loop = full[start:] + full[:start] + [full[start]]
-        return simplify_arc(loop, tol)
+        return [full[start:] + full[:start] + [full[start]]]
     full = full[cuts[0]:] + full[:cuts[0]]
     cuts = [c - cuts[0] for c in cuts] + [len(full)]
     full.append(full[0])
+    return [full[a:b + 1] for a, b in zip(cuts[:-1], cuts[1:])]
+
+
+def simplify_ring(ring: list, nodes: Nodes, tol: float, keep_arcs=frozenset()) -> tuple[list, list, list]:
+    """(simplified ring, keys of its arcs, the simplified arcs); arcs whose key is in `keep_arcs`
+    stay as they are."""
+    arcs = ring_arcs(ring, nodes)
+    keys = [arc_key(a) for a in arcs]
+    done = [a if k in keep_arcs else simplify_arc(a, tol) for a, k in zip(arcs, keys)]
+    if len(done) == 1:
+        return done[0], keys, done
     out = []
-    for a, b in zip(cuts[:-1], cuts[1:]):
-        out.extend(simplify_arc(full[a:b + 1], tol)[:-1])
+    for a in done:
+        out.extend(a[:-1])
     out.append(out[0])
-    return out
+    return out, keys, done
