@@ -24,7 +24,7 @@ def main(argv=None) -> int:
     from landcover_plugin.core.geo import ground_geometry
 
     with rasterio.open(args[0]) as ds:
-        geometry = ground_geometry(ds.crs, ds.transform, ds.height)
+        geometry = ground_geometry(ds.crs, ds.transform, ds.height, ds.width)
     areas = class_areas(args[0], raster_classes(args[0]) or DEFAULT_CLASSES, geometry)
     print(format_area_table(areas, geometry.units))
     return 0

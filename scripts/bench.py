@@ -251,7 +251,7 @@ def _child_polygons(args) -> int:
     from landcover_plugin.core.vectorize import sieve, vectorize
 
     with rasterio.open(args.raster) as ds:
-        geometry = ground_geometry(ds.crs, ds.transform, ds.height)
+        geometry = ground_geometry(ds.crs, ds.transform, ds.height, ds.width)
     t0 = time.perf_counter()
     if args.min_area:
         sieve(args.raster, geometry.pixels_for_area(args.min_area))

@@ -25,6 +25,9 @@ class GroundGeometry:
     res_y: float
     row_lat: tuple[float, float] | None = None
     lat_centre: float = 0.0
+    # projected CRSs that stretch the ground (Web Mercator): ground/map length ratio along x and y
+    # at sample rows (rows, kx, ky), interpolated for the others
+    row_scale: tuple | None = None
 
     def _cos(self, lat) -> np.ndarray | float:
         return np.cos(np.radians(np.clip(lat, -90.0, 90.0))) if self.row_lat else 1.0
@@ -34,10 +37,18 @@ class GroundGeometry:
         """Mean ground sampling distance in metres at the raster's centre, or None in pixel units."""
         if self.units == "pixels":
             return None
+        if self.row_scale is not None:
+            rows, kx, ky = self.row_scale
+            mid = len(rows) // 2
+            return math.sqrt(self.res_x * kx[mid] * self.res_y * ky[mid])
         return math.sqrt(self.res_x * float(self._cos(self.lat_centre)) * self.res_y)
 
     def pixel_areas(self, row0: int, nrows: int) -> np.ndarray:
         """Ground area of one pixel in each of the rows row0 .. row0 + nrows - 1."""
+        if self.row_scale is not None:
+            rows, kx, ky = self.row_scale
+            r = row0 + np.arange(nrows) + 0.5
+            return self.res_x * self.res_y * np.interp(r, rows, kx * ky)
         if self.row_lat is None:
             return np.full(nrows, self.res_x * self.res_y)
         lat0, dlat = self.row_lat
@@ -47,11 +58,11 @@ class GroundGeometry:
         """Pixels in a region of `area` square units, at the pixel size of the raster's centre."""
         if area <= 0:
             return 0
-        centre = self.res_x * self.res_y * float(self._cos(self.lat_centre))
+        centre = self.gsd ** 2 if self.gsd else self.res_x * self.res_y
         return max(1, math.ceil(area / max(centre, 1e-12)))
 
 
-def ground_geometry(crs, transform, height: int) -> GroundGeometry:
+def ground_geometry(crs, transform, height: int, width: int | None = None) -> GroundGeometry:
     """GroundGeometry of a raster from its rasterio CRS and affine transform."""
     px = math.hypot(transform.a, transform.d)
     py = math.hypot(transform.b, transform.e)
@@ -65,4 +76,47 @@ def ground_geometry(crs, transform, height: int) -> GroundGeometry:
         factor = crs.linear_units_factor[1]
     except Exception:  # engineering CRSs without linear units: take the numbers as metres
         factor = 1.0
-    return GroundGeometry("m", px * factor, py * factor)
+    plain = GroundGeometry("m", px * factor, py * factor)
+    scale = _ground_scale(crs, transform, height, width or 1)
+    if scale is None:
+        return plain
+    return GroundGeometry("m", px * factor, py * factor, row_scale=scale)
+
+
+def _haversine(lon1, lat1, lon2, lat2) -> np.ndarray:
+    p1, p2 = np.radians(lat1), np.radians(lat2)
+    a = np.sin((p2 - p1) / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(np.radians(lon2 - lon1) / 2) ** 2
+    return 2 * _EARTH_RADIUS * np.arcsin(np.sqrt(np.clip(a, 0, 1)))
+
+
+def _ground_scale(crs, transform, height: int, width: int, samples: int = 257):
+    """(rows, kx, ky): ground length of a map unit along x and y down the centre column, where the
+    projection stretches the ground by more than 1% (Web Mercator away from the equator); else None.
+
+    Conformal projections with small distortion (UTM: 0.04%) keep their map units as metres.
+    """
+    try:
+        from rasterio.warp import transform as warp
+    except ImportError:
+        return None
+    rows = np.linspace(0.5, max(height - 0.5, 0.5), min(samples, max(2, height)))
+    col = width / 2
+    x0, y0 = transform * (np.full_like(rows, col), rows)
+    x1, y1 = transform * (np.full_like(rows, col + 1), rows)
+    x2, y2 = transform * (np.full_like(rows, col), rows + 1)
+    try:
+        lon, lat = (np.asarray(v) for v in warp(crs, "EPSG:4326", list(x0) + list(x1) + list(x2),
+                                                list(y0) + list(y1) + list(y2)))
+    except Exception:  # a CRS GDAL cannot take to latitude/longitude: keep map units
+        return None
+    n = len(rows)
+    if not (np.all(np.isfinite(lon)) and np.all(np.isfinite(lat))):
+        return None
+    map_x = np.hypot(x1 - x0, y1 - y0)
+    map_y = np.hypot(x2 - x0, y2 - y0)
+    kx = _haversine(lon[:n], lat[:n], lon[n:2 * n], lat[n:2 * n]) / map_x
+    ky = _haversine(lon[:n], lat[:n], lon[2 * n:], lat[2 * n:]) / map_y
+    # the sphere differs from the ellipsoid by up to ~0.5%: only a clear stretch counts
+    if abs(kx[n // 2] - 1) < 0.01 and abs(ky[n // 2] - 1) < 0.01:
+        return None
+    return rows, kx, ky

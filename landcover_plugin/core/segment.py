@@ -174,7 +174,7 @@ class _Job:
         self.bands = self._bands()
         self.region = self._region()
         self.transform = src.window_transform(self.region.window)
-        self.geometry = ground_geometry(src.crs, self.transform, self.region.height)
+        self.geometry = ground_geometry(src.crs, self.transform, self.region.height, self.region.width)
         if src.crs is None:
             self._warn("The raster has no CRS: outputs are in pixel units and the model's ground resolution "
                        "cannot be checked.")

@@ -326,3 +326,16 @@ def test_polygons_of_a_raster_without_georeferencing_match_qgis_display(tmp_path
     xmin, xmax, ymin, ymax = ds.GetLayer(0).GetExtent()
     assert (xmin, xmax, ymin, ymax) == (0, 300, -200, 0)
     ds = None
+
+
+def test_web_mercator_gives_ground_metres(tmp_path):
+    """Web Mercator stretches the ground by 1/cos(latitude): 2 map units at 60 N are 1 m."""
+    from rasterio.warp import transform as warp
+
+    x, y = warp("EPSG:4326", "EPSG:3857", [10.0], [60.0])
+    img = write_raster(tmp_path / "merc.tif", fixture_pixels()[:, :200, :160], crs="EPSG:3857",
+                       transform=from_origin(x[0], y[0], 2.0, 2.0))
+    net, spec = make_model(gsd=1.0, tile=64, overlap=16)
+    res = segment(img, str(tmp_path / "c.tif"), (net, spec))
+    assert res.scale == 1.0, "the raster's ground resolution matches the model's 1 m"
+    assert sum(a.area for a in res.areas) == pytest.approx(200 * 160 * 1.0, rel=0.01)

@@ -31,7 +31,7 @@ def _write(tmp_path, labels, conf, crs=UTM, transform=from_origin(500000, 280000
     c = write_raster(tmp_path / "c.tif", labels, crs=crs, transform=transform, nodata=255)
     p = write_raster(tmp_path / "p.tif", conf, crs=crs, transform=transform, nodata=-1)
     with rasterio.open(c) as ds:
-        geom = ground_geometry(ds.crs, ds.transform, ds.height)
+        geom = ground_geometry(ds.crs, ds.transform, ds.height, ds.width)
     return c, p, geom
 
 
