@@ -14,23 +14,16 @@ _M_PER_DEG = _EARTH_RADIUS * math.pi / 180.0
 class GroundGeometry:
     """How big a pixel is on the ground.
 
-    `units` is "m", or "pixels" for rasters without georeferencing. For geographic
-    CRSs res_x is metres per pixel at the equator and shrinks with the cosine of
-    the latitude, which `row_lat` (latitude of row 0's centre, degrees per row)
-    gives for every row.
+    `units` is "m", or "pixels" for rasters without georeferencing. `res_x`, `res_y` are
+    the pixel's size in metres where the CRS is true to the ground; where it is not
+    (geographic CRSs, Web Mercator), `row_scale` = (rows, kx, ky) gives the ground length
+    of a unit of res_x and res_y at sample rows, interpolated for the others.
     """
 
     units: str
     res_x: float
     res_y: float
-    row_lat: tuple[float, float] | None = None
-    lat_centre: float = 0.0
-    # projected CRSs that stretch the ground (Web Mercator): ground/map length ratio along x and y
-    # at sample rows (rows, kx, ky), interpolated for the others
     row_scale: tuple | None = None
-
-    def _cos(self, lat) -> np.ndarray | float:
-        return np.cos(np.radians(np.clip(lat, -90.0, 90.0))) if self.row_lat else 1.0
 
     @property
     def gsd(self) -> float | None:
@@ -41,18 +34,14 @@ class GroundGeometry:
             rows, kx, ky = self.row_scale
             mid = len(rows) // 2
             return math.sqrt(self.res_x * kx[mid] * self.res_y * ky[mid])
-        return math.sqrt(self.res_x * float(self._cos(self.lat_centre)) * self.res_y)
+        return math.sqrt(self.res_x * self.res_y)
 
     def pixel_areas(self, row0: int, nrows: int) -> np.ndarray:
         """Ground area of one pixel in each of the rows row0 .. row0 + nrows - 1."""
-        if self.row_scale is not None:
-            rows, kx, ky = self.row_scale
-            r = row0 + np.arange(nrows) + 0.5
-            return self.res_x * self.res_y * np.interp(r, rows, kx * ky)
-        if self.row_lat is None:
+        if self.row_scale is None:
             return np.full(nrows, self.res_x * self.res_y)
-        lat0, dlat = self.row_lat
-        return self.res_x * self.res_y * self._cos(lat0 + dlat * (row0 + np.arange(nrows)))
+        rows, kx, ky = self.row_scale
+        return self.res_x * self.res_y * np.interp(row0 + np.arange(nrows) + 0.5, rows, kx * ky)
 
     def pixels_for_area(self, area: float) -> int:
         """Pixels in a region of `area` square units, at the pixel size of the raster's centre."""
@@ -62,6 +51,11 @@ class GroundGeometry:
         return max(1, math.ceil(area / max(centre, 1e-12)))
 
 
+def _sample_rows(height: int, samples: int = 257) -> np.ndarray:
+    """Pixel-centre rows at which ground scale is measured (all of them for short rasters)."""
+    return np.linspace(0.5, max(height - 0.5, 0.5), min(samples, max(2, height)))
+
+
 def ground_geometry(crs, transform, height: int, width: int | None = None) -> GroundGeometry:
     """GroundGeometry of a raster from its rasterio CRS and affine transform."""
     px = math.hypot(transform.a, transform.d)
@@ -69,9 +63,11 @@ def ground_geometry(crs, transform, height: int, width: int | None = None) -> Gr
     if crs is None or transform.is_identity:
         return GroundGeometry("pixels", 1.0, 1.0)
     if crs.is_geographic:
+        # a degree of longitude shrinks with the cosine of the latitude; one of latitude does not
+        rows = _sample_rows(height)
+        lat = np.clip(transform.f + transform.e * rows, -90.0, 90.0)
         return GroundGeometry("m", px * _M_PER_DEG, py * _M_PER_DEG,
-                              row_lat=(transform.f + 0.5 * transform.e, transform.e),
-                              lat_centre=transform.f + transform.e * height / 2)
+                              row_scale=(rows, np.cos(np.radians(lat)), np.ones_like(rows)))
     try:
         factor = crs.linear_units_factor[1]
     except Exception:  # engineering CRSs without linear units: take the numbers as metres
@@ -99,7 +95,7 @@ def _ground_scale(crs, transform, height: int, width: int, samples: int = 257):
         from rasterio.warp import transform as warp
     except ImportError:
         return None
-    rows = np.linspace(0.5, max(height - 0.5, 0.5), min(samples, max(2, height)))
+    rows = _sample_rows(height, samples)
     col = width / 2
     x0, y0 = transform * (np.full_like(rows, col), rows)
     x1, y1 = transform * (np.full_like(rows, col + 1), rows)

@@ -13,7 +13,7 @@ import numpy as np
 import rasterio
 
 from . import outputs
-from .device import amp_dtype, auto_batch, describe, resolve_device, torch_or_error
+from .device import auto_batch, describe, resolve_device, torch_or_error
 from .errors import Cancelled, InputError
 from .geo import ground_geometry
 from .model_file import ModelSpec, load_model, resolve_model_path
@@ -249,16 +249,16 @@ class _Job:
         batch = self.opts.batch_size or auto_batch(device, self.tile, self.spec.base_width)
         if batch < 0:
             raise InputError("The batch size must be 0 (automatic) or positive.")
-        amp = amp_dtype(device, self.opts.precision)
-        self.log(f"Device {describe(device)}, {str(amp).replace('torch.', '') if amp else 'float32'}, "
-                 f"batch size {batch}, tile {self.tile}, overlap {self.overlap}, "
-                 f"{self.region.width} x {self.region.height} pixels.")
         from .predictor import Predictor
 
         spec, region = self.spec, self.region
         reader = WindowReader(self.src, self.bands, region, self.scale, spec.mean)
         predictor = Predictor(network, spec.mean, spec.std, blend_weights(self.tile, self.overlap), device,
                               batch, self.opts.tta, self.opts.precision)
+        amp = predictor.amp
+        self.log(f"Device {describe(device)}, {str(amp).replace('torch.', '') if amp else 'float32'}, "
+                 f"batch size {batch}, tile {self.tile}, overlap {self.overlap}, "
+                 f"{self.region.width} x {self.region.height} pixels.")
         ids = np.array([c.id for c in spec.classes], np.uint8)
         grid = dict(width=region.width, height=region.height, crs=self.src.crs, transform=self.transform)
         with rasterio.open(class_path, "w", **outputs.class_profile(**grid)) as cls_ds, \
