@@ -16,7 +16,9 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> t
     probs = probs * valid
     inter = (probs * onehot).sum(dim=(0, 2, 3))
     total = probs.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3))
-    present = onehot.sum(dim=(0, 2, 3)) > 0
+    # Classes predicted but absent from the labels count too, or false alarms would cost nothing here.
+    predicted = F.one_hot(logits.argmax(dim=1), logits.shape[1]).permute(0, 3, 1, 2) * valid
+    present = (onehot.sum(dim=(0, 2, 3)) > 0) | (predicted.sum(dim=(0, 2, 3)) > 0)
     dice = (2 * inter + eps) / (total + eps)
     return 1 - dice[present].mean() if present.any() else logits.sum() * 0
 
