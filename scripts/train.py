@@ -60,6 +60,8 @@ def parse_args(argv=None):
     p.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this time")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --log-dir")
     p.add_argument("--name", default="land-cover U-Net")
+    p.add_argument("--init", metavar="MODEL", help="fine-tune: start from this model file (its architecture, "
+                   "normalisation and weights; a new classifier head if the classes differ)")
     return p.parse_args(argv)
 
 
@@ -99,7 +101,7 @@ def main(argv=None) -> int:
                       passes=args.passes, rare_fraction=args.rare_fraction, scale_jitter=args.scale_jitter,
                       color_jitter=args.color_jitter, loss=args.loss, class_weight_power=args.class_weight_power,
                       seed=args.seed, workers=args.workers, device=args.device, half_weights=args.half_weights,
-                      gsd=args.gsd, max_minutes=args.max_minutes, name=args.name,
+                      gsd=args.gsd, max_minutes=args.max_minutes, name=args.name, init=args.init,
                       extra={"validation_files": [s.name for s in val_items],
                              "training_files": len(train_items)})
     sources = ([os.path.abspath(args.images)] if args.images else []) + [os.path.abspath(v) for v in args.vector]

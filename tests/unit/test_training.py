@@ -120,6 +120,33 @@ def test_custom_class_table(tmp_path, pattern_dir):
     assert r.returncode == 2 and "color" in r.stderr
 
 
+def test_fine_tuning_starts_from_a_model_file(tmp_path, pattern_dir):
+    data = [str(pattern_dir / "images"), str(pattern_dir / "masks")]
+    first = tmp_path / "first.safetensors"
+    r = _train(*data, "--out", str(first), "--epochs", "6", "--lr", "5e-3", *COMMON)
+    assert r.returncode == 0, r.stderr[-2000:]
+    start = float(_history(str(tmp_path / "first_log"))[-1]["val_miou"])
+    # Other architecture options are overridden by the file's; a tiny learning rate keeps what it learnt.
+    tuned = tmp_path / "tuned.safetensors"
+    r = _train(*data, "--out", str(tuned), "--epochs", "1", "--lr", "1e-6", "--init", str(first), *COMMON,
+               "--base-width", "16")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "--init: starting from" in r.stderr
+    net, spec = load_model(str(tuned))
+    _, first_spec = load_model(str(first))
+    assert spec.base_width == 8 and spec.mean == first_spec.mean
+    assert float(_history(str(tmp_path / "tuned_log"))[0]["val_miou"]) > max(0.5, start - 0.1)
+    # A different class table keeps the features and starts a new classifier head.
+    classes = [{"id": i, "name": f"c{i}", "color": "#808080"} for i in range(5)]
+    (tmp_path / "classes.json").write_text(json.dumps(classes))
+    r = _train(*data, "--out", str(tmp_path / "other.safetensors"), "--epochs", "1", "--init", str(first),
+               "--classes", str(tmp_path / "classes.json"), *COMMON)
+    assert r.returncode == 0 and "classifier head starts afresh" in r.stderr, r.stderr[-2000:]
+    r = _train(*data, "--out", str(tmp_path / "x.safetensors"), "--init", str(pattern_dir / "images" / "scene0.tif"),
+               *COMMON)
+    assert r.returncode == 2 and "--init" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_masks_with_unknown_ids_are_refused(tmp_path):
     img, mask = _pattern(0, 32)
     mask[0, 0] = 7
@@ -173,6 +200,17 @@ def test_losses_ignore_255_and_reward_the_right_answer():
         loss = combined_loss(kind, torch.ones(4))
         assert loss(good, target) < loss(bad, target)
         assert torch.isfinite(loss(good, torch.full_like(target, 255)))
+    # Dice charges for a class predicted where the labels have none as much as for confusing two present
+    # classes; counting only labelled classes, such false alarms would cost half as much.
+    halves = torch.zeros((1, 16, 16), dtype=torch.long)
+    halves[:, 8:] = 1
+
+    def predicting(wrong):
+        pred = halves.clone()
+        pred[:, :2] = wrong  # a quarter of class 0's pixels
+        return torch.nn.functional.one_hot(pred, 4).permute(0, 3, 1, 2).float() * 20
+
+    assert dice_loss(predicting(3), halves) > dice_loss(predicting(1), halves) > 0.01
 
 
 def _polygons(path, crs_epsg, features, field_type="int", driver="GPKG"):
