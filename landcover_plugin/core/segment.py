@@ -269,14 +269,14 @@ class _Job:
                                  self.watch)
             if self.scale == 1.0:
                 slide(reader, predictor, self.spec.num_classes, self.tile, self.overlap,
-                      final.sink(region.width, region.height, self.tile), progress, cancel, self.watch)
+                      final.sink(region.width, region.height, self.tile, device), progress, cancel, self.watch)
             else:
                 prob_path = files.scratch(os.path.dirname(os.path.abspath(class_path)), ".tif")
                 prob_profile = outputs.geotiff_profile(reader.width, reader.height, None, rasterio.Affine.identity(),
                                                        "uint8", None, count=len(ids))
                 with rasterio.open(prob_path, "w", **prob_profile) as prob_ds:
                     slide(reader, predictor, self.spec.num_classes, self.tile, self.overlap,
-                          prob_sink(prob_ds, reader.width, reader.height, self.tile), progress, cancel,
+                          prob_sink(prob_ds, reader.width, reader.height, self.tile, device), progress, cancel,
                           self.watch)
                 with rasterio.open(prob_path) as prob_ds:
                     final.from_probabilities(prob_ds, region.width, region.height, self.scale, cancel)

@@ -14,20 +14,23 @@ from .device import torch_or_error
 from .errors import Cancelled
 from .rowbuffer import RowBuffer
 from .stopwatch import Stopwatch
+from .strips import host_sink
 
 
-def prob_sink(ds, width, height, tile):
+def prob_sink(ds, width, height, tile, device, gather=None):
     """Probabilities (0..255) on the model's grid, for resampling onto the raster's grid."""
+    torch = torch_or_error()
 
     def write(row0, arrays):
         ds.write(arrays[0], window=Window(0, row0, width, arrays[0].shape[1]))
 
     buf = RowBuffer(width, height, outputs.BLOCK, tile, [(ds.count, np.uint8, 0)], write)
+    put_values, done_until = host_sink(buf, device, width, tile, [(ds.count, torch.uint8)], gather)
 
     def put(r, c, scores):
-        buf.put(r, c, [(scores * 255).round_().clamp_(0, 255).to(dtype=torch_or_error().uint8).cpu().numpy()])
+        put_values(r, c, [(scores * 255).round_().clamp_(0, 255).to(dtype=torch.uint8)])
 
-    return put, buf.done_until
+    return put, done_until
 
 
 class LabelWriter:
@@ -53,7 +56,8 @@ class LabelWriter:
                 conf = np.where(valid, conf, outputs.CONFIDENCE_NODATA)
             self.conf_ds.write(conf.astype(np.float32, copy=False), 1, window=win)
 
-    def sink(self, width, height, tile):
+    def sink(self, width, height, tile, device, gather=None):
+        torch = torch_or_error()
         with_conf = self.conf_ds is not None
 
         identity = np.array_equal(self.ids, np.arange(len(self.ids)))
@@ -65,15 +69,14 @@ class LabelWriter:
 
         layers = [(1, np.uint8, 0)] + ([(1, np.float32, 0.0)] if with_conf else [])
         buf = RowBuffer(width, height, outputs.BLOCK, tile, layers, write)
+        put_values, done_until = host_sink(buf, device, width, tile,
+                                           [(1, torch.uint8)] + ([(1, torch.float32)] if with_conf else []), gather)
 
         def put(r, c, scores):
             conf, idx = scores.max(dim=0, keepdim=True)
-            values = [idx.to(dtype=torch_or_error().uint8).cpu().numpy()]
-            if with_conf:
-                values.append(conf.cpu().numpy())
-            buf.put(r, c, values)
+            put_values(r, c, [idx.to(dtype=torch.uint8)] + ([conf] if with_conf else []))
 
-        return put, buf.done_until
+        return put, done_until
 
     def from_probabilities(self, prob_ds, width, height, scale, cancel: Callable[[], bool], chunk: int = 2048) -> None:
         """Resample model-grid probabilities bilinearly onto the raster grid, block by block."""

@@ -7,7 +7,9 @@ import numpy as np
 
 from .blend import StripBlender
 from .errors import Cancelled
+from .rowbuffer import RowBuffer
 from .stopwatch import Stopwatch
+from .strips import host_sink
 from .windows import reflect_index, window_grid
 
 
@@ -67,16 +69,23 @@ class ArrayReader:
         return self.image[:, iy][:, :, ix], True
 
 
-def predict_array(predictor, image: np.ndarray, num_classes: int, tile: int, overlap: int) -> np.ndarray:
+def predict_array(predictor, image: np.ndarray, num_classes: int, tile: int, overlap: int,
+                  gather: bool | None = None) -> np.ndarray:
     """Class indices (H, W) for an in-memory image, blended exactly as the engine blends rasters."""
     import torch
 
     h, w = image.shape[1:]
     out = np.zeros((h, w), np.uint8)
 
-    def put(r, c, scores):
-        idx = scores.argmax(dim=0).to(dtype=torch.uint8).cpu().numpy()
-        out[r:r + idx.shape[0], c:c + idx.shape[1]] = idx
+    def write(row0, arrays):
+        out[row0:row0 + arrays[0].shape[1]] = arrays[0][0]
 
-    slide(ArrayReader(image), predictor, num_classes, tile, overlap, (put, lambda row: None))
+    # Block rows of the full height: the buffer writes once, at the end, into `out`.
+    buf = RowBuffer(w, h, h, tile, [(1, np.uint8, 0)], write)
+    put_values, done_until = host_sink(buf, predictor.device, w, tile, [(1, torch.uint8)], gather)
+
+    def put(r, c, scores):
+        put_values(r, c, [scores.argmax(dim=0, keepdim=True).to(dtype=torch.uint8)])
+
+    slide(ArrayReader(image), predictor, num_classes, tile, overlap, (put, done_until))
     return out

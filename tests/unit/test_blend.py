@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import cuda
 
 from landcover_plugin.core.blend import StripBlender
 from landcover_plugin.core.rowbuffer import RowBuffer
@@ -70,3 +71,43 @@ def test_rowbuffer_writes_whole_block_rows_once():
     np.testing.assert_array_equal(rows[:, 0], np.arange(70))
     starts = [r for r, _ in written]
     assert all(s % 16 == 0 for s in starts)
+
+
+def _strip_cases(device):
+    marks = [cuda] if device == "cuda" else []
+    return [pytest.param(device, *case, marks=marks)
+            for case in [(300, 211, 64, 16, 16), (40, 30, 64, 16, 256), (257, 129, 128, 63, 32)]]
+
+
+@pytest.mark.parametrize("device,h,w,tile,overlap,block", _strip_cases("cpu") + _strip_cases("cuda"))
+def test_strips_gathered_on_the_device_write_what_direct_puts_write(device, h, w, tile, overlap, block):
+    """The GPU path (a strip gathered, copied, handed on one strip late), also exercised on the CPU."""
+    from landcover_plugin.core.strips import host_sink
+
+    device = torch.device(device)
+
+    field = np.random.default_rng(2).random((3, h, w)).astype(np.float32)
+    results = {}
+    for gather in (False, True):
+        out = np.full((h, w), -1, np.int32)
+
+        def write(r, arrs, out=out):
+            assert r % block == 0 or r + arrs[0].shape[1] == h
+            out[r:r + arrs[0].shape[1]] = arrs[0][0]
+
+        buf = RowBuffer(w, h, block, tile, [(1, np.int32, 0)], write)
+        put, done_until = host_sink(buf, device, w, tile, [(1, torch.int32)], gather)
+        ys, xs = window_grid(h, w, tile, overlap)
+        blender = StripBlender(h, w, 3, tile, overlap, ys, xs,
+                               lambda r, c, s, put=put: put(r, c, [(s * 1000).to(torch.int32)[:1]]), done_until,
+                               device)
+        wt = blend_weights(tile, overlap)
+        for k, y in enumerate(ys):
+            for j, x in enumerate(xs):
+                iy = np.clip(np.arange(y, y + tile), 0, h - 1)
+                ix = np.clip(np.arange(x, x + tile), 0, w - 1)
+                blender.add(k, j, torch.from_numpy(field[:, iy][:, :, ix] * wt).to(device))
+        results[gather] = out
+    assert (results[True] >= 0).all()
+    np.testing.assert_array_equal(results[True], results[False])
+    assert np.abs(results[True] - field[0] * 1000).max() < 1.001
