@@ -74,3 +74,10 @@ def auto_batch(device, tile: int, base_width: int) -> int:
     # about 40 feature maps of base width at full tile resolution.
     per_sample = tile * tile * base_width * 2 * 40
     return int(max(1, min(32, free * 0.5 // per_sample)))
+
+
+def read_threads(device) -> int:
+    """Threads reading windows ahead: one beside a CPU network (which needs the cores), several for a GPU."""
+    if device.type != "cuda":
+        return 1
+    return max(1, min(4, (os.cpu_count() or 1) // 4))

@@ -40,6 +40,15 @@ class WindowReader:
         self.fill = np.asarray(fill, np.float32).reshape(-1, 1, 1)
         self._masked = _has_mask(dataset, self.bands)
 
+    def clone(self) -> "WindowReader":
+        """The same reader over a dataset handle of its own: handles must not be shared between threads."""
+        import rasterio
+
+        return WindowReader(rasterio.open(self.ds.name), self.bands, self.region, self.scale, self.fill[:, 0, 0])
+
+    def close(self) -> None:
+        self.ds.close()
+
     def read(self, y: int, x: int, tile: int) -> tuple[np.ndarray, bool]:
         """(bands x tile x tile window at canvas (y, x), whether any pixel is valid).
 

@@ -13,7 +13,7 @@ import numpy as np
 import rasterio
 
 from . import outputs
-from .device import auto_batch, describe, resolve_device, torch_or_error
+from .device import auto_batch, describe, read_threads, resolve_device, torch_or_error
 from .errors import Cancelled, InputError
 from .geo import ground_geometry
 from .model_file import ModelSpec, load_model, resolve_model_path
@@ -269,7 +269,8 @@ class _Job:
                                  self.watch)
             if self.scale == 1.0:
                 slide(reader, predictor, self.spec.num_classes, self.tile, self.overlap,
-                      final.sink(region.width, region.height, self.tile, device), progress, cancel, self.watch)
+                      final.sink(region.width, region.height, self.tile, device), progress, cancel, self.watch,
+                      read_threads(device))
             else:
                 prob_path = files.scratch(os.path.dirname(os.path.abspath(class_path)), ".tif")
                 prob_profile = outputs.geotiff_profile(reader.width, reader.height, None, rasterio.Affine.identity(),
@@ -277,7 +278,7 @@ class _Job:
                 with rasterio.open(prob_path, "w", **prob_profile) as prob_ds:
                     slide(reader, predictor, self.spec.num_classes, self.tile, self.overlap,
                           prob_sink(prob_ds, reader.width, reader.height, self.tile, device), progress, cancel,
-                          self.watch)
+                          self.watch, read_threads(device))
                 with rasterio.open(prob_path) as prob_ds:
                     final.from_probabilities(prob_ds, region.width, region.height, self.scale, cancel)
         return describe(device), predictor.batch_size

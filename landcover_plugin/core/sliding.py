@@ -1,6 +1,8 @@
 """The sliding-window loop: read windows, run the network, blend, hand finished blocks to a sink."""
 from __future__ import annotations
 
+import threading
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -14,13 +16,17 @@ from .windows import reflect_index, window_grid
 
 
 def slide(reader, predictor, num_classes: int, tile: int, overlap: int, sink, progress=None, cancel=None,
-          watch: Stopwatch | None = None) -> None:
+          watch: Stopwatch | None = None, read_threads: int = 1) -> None:
     """Run `predictor` over every window of `reader` (model pixel space) and blend into `sink`.
 
-    reader: .height, .width and .read(y, x, tile) -> (window array, any pixel valid).
+    reader: .height, .width, .read(y, x, tile) -> (window array, any pixel valid), and
+    .clone() -> a reader of its own for another thread (with .close()).
     sink: (put(row, col, scores tensor), done_until(row)).
-    watch: stages "read" (in the reader thread, overlapping the others), "infer" (the
-    network; on CUDA its kernels may finish during "blend", which waits for them), "blend".
+    watch: stages "read" (in reader threads, overlapping the others, summed over them),
+    "infer" (the network; on CUDA its kernels may finish during "blend", which waits
+    for them), "blend".
+    read_threads: batches read ahead at once, each by a thread with its own reader; a GPU
+    consumes windows faster than one thread decodes them.
     """
     watch = watch or Stopwatch()
     progress = progress or (lambda f: None)
@@ -31,29 +37,47 @@ def slide(reader, predictor, num_classes: int, tile: int, overlap: int, sink, pr
                            device=predictor.device)
     order = [(k, j) for k in range(len(ys)) for j in range(len(xs))]
     batches = [order[i:i + predictor.batch_size] for i in range(0, len(order), predictor.batch_size)]
+    read_threads = max(1, min(read_threads, len(batches)))
+    local, clones, lock = threading.local(), [], threading.Lock()
+
+    def own_reader():
+        if read_threads == 1:
+            return reader
+        if not hasattr(local, "reader"):
+            local.reader = reader.clone()
+            with lock:
+                clones.append(local.reader)
+        return local.reader
 
     def load(batch):
         with watch.stage("read"):
-            return [(k, j, *reader.read(int(ys[k]), int(xs[j]), tile)) for k, j in batch]
+            r = own_reader()
+            return [(k, j, *r.read(int(ys[k]), int(xs[j]), tile)) for k, j in batch]
 
-    # The next batch is read while the network runs on this one (GDAL releases the GIL).
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(load, batches[0])
-        done = 0
-        for i in range(len(batches)):
-            items = pending.result()
-            if i + 1 < len(batches):
-                pending = pool.submit(load, batches[i + 1])
-            if cancel():
-                raise Cancelled("Cancelled; no output was written.")
-            valid = [data for _, _, data, ok in items if ok]
-            with watch.stage("infer"):
-                scores = iter(predictor(np.stack(valid)) if valid else ())
-            with watch.stage("blend"):
-                for k, j, _, ok in items:
-                    blender.add(k, j, next(scores) if ok else None)
-            done += len(items)
-            progress(done / len(order))
+    # The next batches are read while the network runs on this one (GDAL releases the GIL).
+    try:
+        with ThreadPoolExecutor(max_workers=read_threads) as pool:
+            pending = deque(pool.submit(load, b) for b in batches[:read_threads])
+            done = 0
+            for i in range(len(batches)):
+                items = pending.popleft().result()
+                if i + read_threads < len(batches):
+                    pending.append(pool.submit(load, batches[i + read_threads]))
+                if cancel():
+                    for f in pending:
+                        f.cancel()
+                    raise Cancelled("Cancelled; no output was written.")
+                valid = [data for _, _, data, ok in items if ok]
+                with watch.stage("infer"):
+                    scores = iter(predictor(np.stack(valid)) if valid else ())
+                with watch.stage("blend"):
+                    for k, j, _, ok in items:
+                        blender.add(k, j, next(scores) if ok else None)
+                done += len(items)
+                progress(done / len(order))
+    finally:
+        for c in clones:
+            c.close()
 
 
 class ArrayReader:
@@ -67,6 +91,12 @@ class ArrayReader:
         iy = reflect_index(np.arange(y, y + tile), self.height)
         ix = reflect_index(np.arange(x, x + tile), self.width)
         return self.image[:, iy][:, :, ix], True
+
+    def clone(self):
+        return self  # reading a numpy array is safe from several threads
+
+    def close(self):
+        pass
 
 
 def predict_array(predictor, image: np.ndarray, num_classes: int, tile: int, overlap: int,

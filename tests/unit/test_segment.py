@@ -339,3 +339,28 @@ def test_web_mercator_gives_ground_metres(tmp_path):
     res = segment(img, str(tmp_path / "c.tif"), (net, spec))
     assert res.scale == 1.0, "the raster's ground resolution matches the model's 1 m"
     assert sum(a.area for a in res.areas) == pytest.approx(200 * 160 * 1.0, rel=0.01)
+
+
+@needs_gdal
+@pytest.mark.parametrize("gsd", [None, 1.0])
+def test_gpu_host_path_on_the_cpu_writes_the_same_outputs(tmp_path, monkeypatch, gsd):
+    """Several reader threads with their own handles, strips gathered and handed on late (the
+    CUDA path), run on the CPU: labels and confidence equal the plain path's, masks included."""
+    from landcover_plugin.core import segment as segment_module
+    from landcover_plugin.core import sinks, strips
+
+    px = fixture_pixels()[:, :230, :250]
+    alpha = np.full((1, 230, 250), 255, np.uint8)
+    alpha[0, :40, :] = 0
+    transform = from_origin(0, 0, 0.5, 0.5)
+    img = write_raster(tmp_path / "rgba.tif", np.concatenate([px, alpha]), crs=UTM, transform=transform, alpha=True)
+    model = make_model(gsd=gsd, tile=64, overlap=16)
+    opts = SegmentOptions(device="cpu", precision="fp32", batch_size=3)
+    plain = segment(img, str(tmp_path / "a.tif"), model, confidence_path=str(tmp_path / "pa.tif"), options=opts)
+    monkeypatch.setattr(segment_module, "read_threads", lambda device: 3)
+    monkeypatch.setattr(sinks, "host_sink", lambda *a: strips.host_sink(*a[:5], True))
+    gpu_like = segment(img, str(tmp_path / "b.tif"), model, confidence_path=str(tmp_path / "pb.tif"), options=opts)
+    assert gpu_like.scale == plain.scale == (0.5 if gsd else 1.0)
+    np.testing.assert_array_equal(_read(gpu_like.class_path), _read(plain.class_path))
+    np.testing.assert_array_equal(_read(gpu_like.confidence_path), _read(plain.confidence_path))
+    assert (_read(plain.class_path)[:40] == 255).all()
