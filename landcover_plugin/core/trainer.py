@@ -223,6 +223,17 @@ def train(cfg: TrainConfig, train_items, val_items, classes: tuple[LandClass, ..
     csv_path = os.path.join(log_dir, "epochs.csv")
     t_start = time.perf_counter()
     best_matrix = None
+    if start and val_items and not resume and rank == 0:
+        # Epoch 0 is the model fine-tuning starts from: if no epoch beats it, it stays the best.
+        best_matrix = evaluate(net, spec, val_items, device, cfg.infer_tile, cfg.infer_overlap)
+        s = scores(best_matrix, names)
+        best = s["miou"]
+        row = {"epoch": 0, "train_loss": float("nan"), "lr": 0.0, "seconds": 0.0, **_val_columns(s, names)}
+        history.append(row)
+        _log(" ".join(f"{k}={v}" for k, v in row.items()) + " (the --init model)", rank)
+        _save(out_path, net, spec, cfg, plan["epochs"], row, data_note, command)
+    if distributed:
+        torch.distributed.barrier()
     epoch = start_epoch
     while epoch < plan["epochs"]:
         windows.epoch = epoch
@@ -264,8 +275,7 @@ def train(cfg: TrainConfig, train_items, val_items, classes: tuple[LandClass, ..
             if val_items:
                 matrix = evaluate(net, spec, val_items, device, cfg.infer_tile, cfg.infer_overlap)
                 s = scores(matrix, names)
-                row.update(val_miou=round(s["miou"], 5), val_accuracy=round(s["accuracy"], 5),
-                           **{f"iou_{n}": (None if s["iou"][n] is None else round(s["iou"][n], 5)) for n in names})
+                row.update(_val_columns(s, names))
                 metric = s["miou"]
             else:
                 matrix, metric = None, -train_loss
@@ -294,6 +304,11 @@ def train(cfg: TrainConfig, train_items, val_items, classes: tuple[LandClass, ..
     if distributed:
         torch.distributed.destroy_process_group()
     return {"best": best, "history": history}
+
+
+def _val_columns(s: dict, names) -> dict:
+    return {"val_miou": round(s["miou"], 5), "val_accuracy": round(s["accuracy"], 5),
+            **{f"iou_{n}": (None if s["iou"][n] is None else round(s["iou"][n], 5)) for n in names}}
 
 
 def _save(out_path, net, spec, cfg, planned, row, data_note, command):

@@ -135,7 +135,11 @@ def test_fine_tuning_starts_from_a_model_file(tmp_path, pattern_dir):
     net, spec = load_model(str(tuned))
     _, first_spec = load_model(str(first))
     assert spec.base_width == 8 and spec.mean == first_spec.mean
-    assert float(_history(str(tmp_path / "tuned_log"))[0]["val_miou"]) > max(0.5, start - 0.1)
+    rows = _history(str(tmp_path / "tuned_log"))
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+    assert float(rows[0]["val_miou"]) == pytest.approx(start, abs=1e-4)  # epoch 0: the --init model, unchanged
+    assert float(rows[1]["val_miou"]) > max(0.5, start - 0.1)
+    assert spec.training["validation"]["val_miou"] == pytest.approx(max(float(r["val_miou"]) for r in rows), abs=1e-4)
     # A different class table keeps the features and starts a new classifier head.
     classes = [{"id": i, "name": f"c{i}", "color": "#808080"} for i in range(5)]
     (tmp_path / "classes.json").write_text(json.dumps(classes))
