@@ -27,8 +27,9 @@ class DeviceStrips:
         torch = torch_or_error()
         self.torch, self.buf, self.device = torch, buf, device
         pinned = device.type == "cuda"
-        self.on_device = [torch.empty((b, tile, width), dtype=dt, device=device) for b, dt in layers]
-        self.host = [[torch.empty((b, tile, width), dtype=dt, pin_memory=pinned) for b, dt in layers]
+        # rows first, so that the first rows of a strip are one contiguous block to copy
+        self.on_device = [torch.empty((tile, b, width), dtype=dt, device=device) for b, dt in layers]
+        self.host = [[torch.empty((tile, b, width), dtype=dt, pin_memory=pinned) for b, dt in layers]
                      for _ in range(2)]
         self.slot = 0
         self.row0 = None  # first image row of the strip being gathered
@@ -41,7 +42,7 @@ class DeviceStrips:
         if r < 0:
             raise RuntimeError("a block arrived above the strip being gathered")
         for dst, v in zip(self.on_device, values):
-            dst[:, r:r + v.shape[-2], col:col + v.shape[-1]] = v
+            dst[r:r + v.shape[-2], :, col:col + v.shape[-1]] = v.transpose(0, 1)
 
     def done_until(self, row_end: int) -> None:
         if self.row0 is not None:
@@ -50,7 +51,7 @@ class DeviceStrips:
             # Stream order makes the copy see this strip's blocks, and the next strip's
             # writes to the device buffer wait for the copy: no explicit synchronisation.
             for h, d in zip(host, self.on_device):
-                h[:, :rows].copy_(d[:, :rows], non_blocking=True)
+                h[:rows].copy_(d[:rows], non_blocking=True)
             event = None
             if self.device.type == "cuda":
                 event = self.torch.cuda.Event()
@@ -69,7 +70,7 @@ class DeviceStrips:
         self.pending = None
         if event is not None:
             event.synchronize()
-        self.buf.put(row0, 0, [h[:, :rows].numpy() for h in self.host[slot]])
+        self.buf.put(row0, 0, [h[:rows].numpy().transpose(1, 0, 2) for h in self.host[slot]])
         self.buf.done_until(row_end)
 
 
