@@ -196,16 +196,12 @@ def augment_batch(images, masks, sizes, flips, tile: int, jitter: float, rng_see
     x = torch.stack(out_i)
     y = torch.stack(out_m).long()
     if jitter > 0:
-        # Scenes of one city differ by whole exposures (a dark tile's bare ground is as dark as
-        # another's vegetation), so the jitter moves exposure and colour balance, not just contrast.
         n, c = x.shape[:2]
-
-        def u(*shape):
-            return ((torch.rand(*shape, generator=g) * 2 - 1) * jitter).to(x.device)
-
         mean = x.mean(dim=(2, 3), keepdim=True)
-        x = ((x - mean) * (1 + u(n, 1, 1, 1)) + mean) * torch.exp(u(n, 1, 1, 1) + u(n, c, 1, 1) * 0.5) \
-            + u(n, 1, 1, 1) * 50
+        contrast = (1 + (torch.rand(n, 1, 1, 1, generator=g) * 2 - 1) * jitter).to(x.device)
+        brightness = ((torch.rand(n, 1, 1, 1, generator=g) * 2 - 1) * jitter * 40).to(x.device)
+        colour = (1 + (torch.rand(n, c, 1, 1, generator=g) * 2 - 1) * jitter * 0.5).to(x.device)
+        x = ((x - mean) * contrast + mean) * colour + brightness
     return x, y
 
 
