@@ -79,12 +79,24 @@ def build_network(spec: ModelSpec):
     return UNet(spec.in_channels, spec.num_classes, spec.base_width, spec.depth)
 
 
-def save_model(path: str, network, spec: ModelSpec) -> None:
-    """Write weights and metadata; the file appears whole or not at all."""
+FLOAT16_MAX = 65504.0
+
+
+def save_model(path: str, network, spec: ModelSpec, half: bool = False) -> None:
+    """Write weights and metadata; the file appears whole or not at all.
+
+    half: store weights as float16 (half the file). Batch-norm statistics, and any tensor
+    with values beyond float16's range, stay float32: the running variance after a
+    decoder's first convolution can pass 65504, and as infinity it silently zeroes
+    those channels.
+    """
     from safetensors.torch import save_file
 
     _parse_spec(spec.to_dict())  # never write a file we would refuse to load
     state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    if half:
+        state = {k: v.half() if _fits_float16(k, v) else v.float() if v.is_floating_point() else v
+                 for k, v in state.items()}
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         save_file(state, tmp, metadata={METADATA_KEY: json.dumps(spec.to_dict())})
@@ -95,6 +107,12 @@ def save_model(path: str, network, spec: ModelSpec) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _fits_float16(name: str, tensor) -> bool:
+    if not tensor.is_floating_point() or name.endswith(("running_mean", "running_var")):
+        return False
+    return bool(tensor.float().abs().max() <= FLOAT16_MAX) if tensor.numel() else True
 
 
 def read_spec(path: str) -> ModelSpec:
@@ -127,6 +145,11 @@ def load_model(path: str):
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    broken = sorted(k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all()))
+    if broken:
+        raise ModelFileError(
+            f"The weights in {_name(path)} contain infinite or NaN values ({broken[:3]}); the model is damaged "
+            f"(a float16 overflow, or training that diverged) and would give wrong classes.")
     if missing or extra or wrong:
         detail = (f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}" if extra
                   else f"wrong shape for {wrong[:3]}")

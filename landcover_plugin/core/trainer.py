@@ -317,12 +317,7 @@ def _save(out_path, net, spec, cfg, planned, row, data_note, command):
             "config": {k: v for k, v in asdict(cfg).items() if k != "extra"}, **cfg.extra,
             "validation": {k: v for k, v in best_row.items() if k.startswith(("val_", "iou_"))},
             "command": command}
-    model = net
-    if cfg.half_weights:
-        import copy
-
-        model = copy.deepcopy(net).half()
-    save_model(out_path, model, spec.with_training(**info))
+    save_model(out_path, net, spec.with_training(**info), half=cfg.half_weights)
 
 
 def _write_csv(path, history):

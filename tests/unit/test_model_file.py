@@ -157,6 +157,44 @@ def test_spec_from_dict_round_trip():
     assert ModelSpec.from_dict(spec.to_dict()) == spec
 
 
+def test_half_weights_keep_batchnorm_statistics_and_large_values_in_float32(tmp_path):
+    from safetensors.torch import load_file
+
+    net, spec = make_model()
+    bn = next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn.running_var[0] = 150000.0  # seen in a real decoder; float16 would make it infinite
+    conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+    with torch.no_grad():
+        conv.weight[0, 0, 0, 0] = 70000.0
+    path = str(tmp_path / "h.safetensors")
+    save_model(path, net, spec, half=True)
+    stored = load_file(path)
+    assert stored["stem.0.weight"].dtype == torch.float32  # out of float16's range: kept whole
+    assert all(v.dtype == torch.float32 for k, v in stored.items() if k.endswith(("running_mean", "running_var")))
+    assert sum(v.dtype == torch.float16 for v in stored.values()) >= len(stored) // 3
+    assert os.path.getsize(path) < 0.6 * sum(v.numel() * 4 for v in stored.values())
+    net2, _ = load_model(path)
+    assert float(next(m for m in net2.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_var[0]) == 150000.0
+    x = torch.randn(1, 3, 40, 40)
+    with torch.no_grad():
+        a, b = net.eval()(x), net2(x)
+    assert torch.isfinite(b).all() and (a.argmax(1) == b.argmax(1)).float().mean() > 0.99
+
+
+def test_infinite_or_nan_weights_are_refused(tmp_path):
+    from safetensors.torch import load_file
+
+    net, spec = make_model()
+    path = str(tmp_path / "m.safetensors")
+    save_model(path, net, spec)
+    state = load_file(path)
+    key = next(k for k in state if k.endswith("running_var"))
+    state[key][3] = float("inf")
+    bad = _safetensors_with(tmp_path / "inf.safetensors", state, {METADATA_KEY: json.dumps(spec.to_dict())})
+    with pytest.raises(ModelFileError, match="infinite or NaN.*damaged"):
+        load_model(bad)
+
+
 def test_bundled_default_model_is_valid_and_small():
     from landcover_plugin.core.model_file import default_model_path
 
