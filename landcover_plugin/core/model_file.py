@@ -173,16 +173,19 @@ def _read_header(path: str) -> dict:
             head = fh.read(8)
             if len(head) < 8:
                 raise ModelFileError(f"{_name(path)} is too short to be a safetensors model file.")
-            if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
-                raise ModelFileError(
-                    f"{_name(path)} is a pickle or PyTorch checkpoint, which is never loaded because it can "
-                    "run code; convert it to a .safetensors model file.")
             (n,) = struct.unpack("<Q", head)
-            if n == 0 or n > min(_MAX_HEADER, size - 8):
-                raise ModelFileError(f"{_name(path)} is not a safetensors model file.")
-            raw = fh.read(n)
+            raw = fh.read(n) if 0 < n <= min(_MAX_HEADER, size - 8) else b""
     except OSError as exc:
         raise ModelFileError(f"The model file {_name(path)} cannot be read ({exc.strerror}).") from None
+    # Only a file that is not a safetensors file is judged by its first bytes: a safetensors
+    # header length can start with the byte 0x80 of a pickle too (a length of 0x1d80, say).
+    if not raw.startswith(b"{"):
+        if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+            raise ModelFileError(
+                f"{_name(path)} is a pickle or PyTorch checkpoint, which is never loaded because it can "
+                "run code; convert it to a .safetensors model file.")
+        if not raw:
+            raise ModelFileError(f"{_name(path)} is not a safetensors model file.")
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):

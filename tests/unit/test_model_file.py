@@ -75,6 +75,22 @@ def test_torch_checkpoint_is_refused(tmp_path):
         load_model(str(path))
 
 
+def test_a_header_length_starting_like_a_pickle_is_still_safetensors(tmp_path):
+    # The first byte of a safetensors file is the low byte of its header length: 0x80 for
+    # 1 in 256 files, the byte a pickle starts with.
+    net, spec = make_model(calibrate=False)
+    path = str(tmp_path / "m.safetensors")
+    for pad in range(256):
+        save_model(path, net, spec.with_training(note="x" * pad))
+        with open(path, "rb") as fh:
+            if fh.read(1) == b"\x80":
+                break
+    else:
+        pytest.fail("no padding gave a header length ending in 0x80")
+    _, loaded = load_model(path)
+    assert loaded == spec.with_training(note="x" * pad)
+
+
 @pytest.mark.parametrize("content", [b"", b"abc", os.urandom(4096), struct.pack("<Q", 10) + b"not json!!"])
 def test_random_bytes_are_refused(tmp_path, content):
     path = tmp_path / "x.safetensors"
