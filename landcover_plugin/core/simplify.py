@@ -65,18 +65,16 @@ class Nodes:
         """Nodes strictly inside the axis-parallel segment p -> q, in order from p."""
         (x0, y0), (x1, y1) = p, q
         if y0 == y1 and x0 != x1:
-            xs = self._rows.get(y0, [])
-            lo, hi = min(x0, x1), max(x0, x1)
-            inside = xs[bisect_right(xs, lo):bisect_left(xs, hi)]
-            pts = [(x, y0) for x in inside]
-            return pts if x0 < x1 else pts[::-1]
+            return [(x, y0) for x in _strictly_between(self._rows.get(y0, []), x0, x1)]
         if x0 == x1 and y0 != y1:
-            ys = self._cols.get(x0, [])
-            lo, hi = min(y0, y1), max(y0, y1)
-            inside = ys[bisect_right(ys, lo):bisect_left(ys, hi)]
-            pts = [(x0, y) for y in inside]
-            return pts if y0 < y1 else pts[::-1]
+            return [(x0, y) for y in _strictly_between(self._cols.get(x0, []), y0, y1)]
         return []
+
+
+def _strictly_between(values: list, a, b) -> list:
+    """The sorted values strictly between a and b, in order from a."""
+    inside = values[bisect_right(values, min(a, b)):bisect_left(values, max(a, b))]
+    return inside if a < b else inside[::-1]
 
 
 def _dp(points: np.ndarray, tol: float) -> list[int]:

@@ -9,7 +9,6 @@ import numpy as np
 
 from .blend import StripBlender
 from .errors import Cancelled
-from .rowbuffer import RowBuffer
 from .stopwatch import Stopwatch
 from .strips import host_sink
 from .windows import reflect_index, window_grid
@@ -99,6 +98,20 @@ class ArrayReader:
         pass
 
 
+class _ArrayTarget:
+    """The RowBuffer interface writing straight into a whole (H, W) array: nothing to hold back."""
+
+    def __init__(self, out: np.ndarray):
+        self.out, self.height = out, out.shape[0]
+
+    def put(self, row: int, col: int, values) -> None:
+        v = values[0][0]
+        self.out[row:row + v.shape[0], col:col + v.shape[1]] = v
+
+    def done_until(self, row_end: int) -> None:
+        pass
+
+
 def predict_array(predictor, image: np.ndarray, num_classes: int, tile: int, overlap: int,
                   gather: bool | None = None) -> np.ndarray:
     """Class indices (H, W) for an in-memory image, blended exactly as the engine blends rasters."""
@@ -106,13 +119,7 @@ def predict_array(predictor, image: np.ndarray, num_classes: int, tile: int, ove
 
     h, w = image.shape[1:]
     out = np.zeros((h, w), np.uint8)
-
-    def write(row0, arrays):
-        out[row0:row0 + arrays[0].shape[1]] = arrays[0][0]
-
-    # Block rows of the full height: the buffer writes once, at the end, into `out`.
-    buf = RowBuffer(w, h, h, tile, [(1, np.uint8, 0)], write)
-    put_values, done_until = host_sink(buf, predictor.device, w, tile, [(1, torch.uint8)], gather)
+    put_values, done_until = host_sink(_ArrayTarget(out), predictor.device, w, tile, [(1, torch.uint8)], gather)
 
     def put(r, c, scores):
         put_values(r, c, [scores.argmax(dim=0, keepdim=True).to(dtype=torch.uint8)])

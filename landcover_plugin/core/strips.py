@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import numpy as np
-
 from .device import torch_or_error
 from .rowbuffer import RowBuffer
 
@@ -33,7 +31,7 @@ class DeviceStrips:
                      for _ in range(2)]
         self.slot = 0
         self.row0 = None  # first image row of the strip being gathered
-        self.pending = None  # (host slot, row0, rows, copy-finished event or None, row_end)
+        self.pending = None  # (host slot, first row, end row, copy-finished event or None)
 
     def put(self, row: int, col: int, values) -> None:
         if self.row0 is None:
@@ -57,7 +55,7 @@ class DeviceStrips:
                 event = self.torch.cuda.Event()
                 event.record()
             self._hand_on()
-            self.pending = (self.slot, self.row0, rows, event, row_end)
+            self.pending = (self.slot, self.row0, row_end, event)
             self.slot = 1 - self.slot
             self.row0 = None
         if row_end >= self.buf.height:
@@ -66,11 +64,11 @@ class DeviceStrips:
     def _hand_on(self) -> None:
         if self.pending is None:
             return
-        slot, row0, rows, event, row_end = self.pending
+        slot, row0, row_end, event = self.pending
         self.pending = None
         if event is not None:
             event.synchronize()
-        self.buf.put(row0, 0, [h[:rows].numpy().transpose(1, 0, 2) for h in self.host[slot]])
+        self.buf.put(row0, 0, [h[:row_end - row0].numpy().transpose(1, 0, 2) for h in self.host[slot]])
         self.buf.done_until(row_end)
 
 
@@ -82,11 +80,13 @@ def host_sink(buf: RowBuffer, device, width: int, tile: int, layers: Sequence[tu
     gather: strips gathered on the device (default: on GPUs only; the CPU path avoids
     the extra strip of memory, which would count against flat memory use).
     """
-    if gather if gather is not None else device.type == "cuda":
+    if gather is None:
+        gather = device.type == "cuda"
+    if gather:
         strips = DeviceStrips(buf, device, width, tile, layers)
         return strips.put, strips.done_until
 
     def put(row, col, values):
-        buf.put(row, col, [np.asarray(v.cpu().numpy()) for v in values])
+        buf.put(row, col, [v.cpu().numpy() for v in values])
 
     return put, buf.done_until

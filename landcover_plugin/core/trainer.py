@@ -117,7 +117,7 @@ def _start_model(cfg: TrainConfig, classes, n_bands: int, rank: int):
         raise InputError(f"--init: {os.path.basename(cfg.init)} takes {spec.in_channels} bands, but "
                          f"{n_bands} are given; choose --bands to match it.")
     cfg.base_width, cfg.depth = spec.base_width, spec.depth
-    state = {k: v.float() if v.is_floating_point() else v for k, v in net.state_dict().items()}
+    state = net.state_dict()  # float32 whatever the file stores: load_model built the network
     if [(c.id, c.name) for c in spec.classes] != [(c.id, c.name) for c in classes]:
         fresh = build_network(replace(spec, classes=tuple(classes))).state_dict()
         state["head.weight"], state["head.bias"] = fresh["head.weight"], fresh["head.bias"]
@@ -223,12 +223,19 @@ def train(cfg: TrainConfig, train_items, val_items, classes: tuple[LandClass, ..
     csv_path = os.path.join(log_dir, "epochs.csv")
     t_start = time.perf_counter()
     best_matrix = None
+
+    def validate(row):
+        """Validation confusion and mean IoU of the network as it is now; adds their columns to row."""
+        matrix = evaluate(net, spec, val_items, device, cfg.infer_tile, cfg.infer_overlap)
+        s = scores(matrix, names)
+        row.update(val_miou=round(s["miou"], 5), val_accuracy=round(s["accuracy"], 5),
+                   **{f"iou_{n}": (None if s["iou"][n] is None else round(s["iou"][n], 5)) for n in names})
+        return matrix, s["miou"]
+
     if start and val_items and not resume and rank == 0:
         # Epoch 0 is the model fine-tuning starts from: if no epoch beats it, it stays the best.
-        best_matrix = evaluate(net, spec, val_items, device, cfg.infer_tile, cfg.infer_overlap)
-        s = scores(best_matrix, names)
-        best = s["miou"]
-        row = {"epoch": 0, "train_loss": float("nan"), "lr": 0.0, "seconds": 0.0, **_val_columns(s, names)}
+        row = {"epoch": 0, "train_loss": float("nan"), "lr": 0.0, "seconds": 0.0}
+        best_matrix, best = validate(row)
         history.append(row)
         _log(" ".join(f"{k}={v}" for k, v in row.items()) + " (the --init model)", rank)
         _save(out_path, net, spec, cfg, plan["epochs"], row, data_note, command)
@@ -273,10 +280,7 @@ def train(cfg: TrainConfig, train_items, val_items, classes: tuple[LandClass, ..
                "seconds": round(time.perf_counter() - t0, 1)}
         if rank == 0:
             if val_items:
-                matrix = evaluate(net, spec, val_items, device, cfg.infer_tile, cfg.infer_overlap)
-                s = scores(matrix, names)
-                row.update(_val_columns(s, names))
-                metric = s["miou"]
+                matrix, metric = validate(row)
             else:
                 matrix, metric = None, -train_loss
             history.append(row)
@@ -304,11 +308,6 @@ def train(cfg: TrainConfig, train_items, val_items, classes: tuple[LandClass, ..
     if distributed:
         torch.distributed.destroy_process_group()
     return {"best": best, "history": history}
-
-
-def _val_columns(s: dict, names) -> dict:
-    return {"val_miou": round(s["miou"], 5), "val_accuracy": round(s["accuracy"], 5),
-            **{f"iou_{n}": (None if s["iou"][n] is None else round(s["iou"][n], 5)) for n in names}}
 
 
 def _save(out_path, net, spec, cfg, planned, row, data_note, command):
