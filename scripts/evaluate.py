@@ -43,15 +43,10 @@ def main(argv=None) -> int:
     from landcover_plugin.core.errors import InputError
     from landcover_plugin.core.metrics import confusion, scores
     from landcover_plugin.core.model_file import load_model, resolve_model_path
-    from landcover_plugin.core.pairs import pair_files
+    from landcover_plugin.core.pairs import pairs_from
     from landcover_plugin.core.segment import SegmentOptions, segment
 
-    if os.path.isfile(args.images):
-        if not args.masks or not os.path.isfile(args.masks):
-            raise InputError("Give a mask file after an image file.")
-        pairs = [(args.images, args.masks)]
-    else:
-        pairs = pair_files(args.images, args.masks)
+    pairs = pairs_from(args.images, args.masks)
     model_path = resolve_model_path(args.model)
     network, spec = load_model(model_path)
     ids = [c.id for c in spec.classes]

@@ -46,3 +46,12 @@ def pair_files(image_dir: str, mask_dir: str | None = None) -> list[tuple[str, s
                                                                          else "") +
                          "; masks need the image's name, optionally ending in _mask or _m.")
     return pairs
+
+
+def pairs_from(images: str, masks: str | None = None) -> list[tuple[str, str]]:
+    """What a command line names: one image file and its mask file, or folders for pair_files."""
+    if os.path.isfile(images):
+        if not masks or not os.path.isfile(masks):
+            raise InputError(f"Give a mask file after the image file {images}.")
+        return [(images, masks)]
+    return pair_files(images, masks)

@@ -99,14 +99,14 @@ class ArrayReader:
 
 
 class _ArrayTarget:
-    """The RowBuffer interface writing straight into a whole (H, W) array: nothing to hold back."""
+    """The RowBuffer interface writing straight into a whole (bands, H, W) array: nothing to hold back."""
 
     def __init__(self, out: np.ndarray):
-        self.out, self.height = out, out.shape[0]
+        self.out, self.height = out, out.shape[1]
 
     def put(self, row: int, col: int, values) -> None:
-        v = values[0][0]
-        self.out[row:row + v.shape[0], col:col + v.shape[1]] = v
+        v = values[0]
+        self.out[:, row:row + v.shape[1], col:col + v.shape[2]] = v
 
     def done_until(self, row_end: int) -> None:
         pass
@@ -118,11 +118,26 @@ def predict_array(predictor, image: np.ndarray, num_classes: int, tile: int, ove
     import torch
 
     h, w = image.shape[1:]
-    out = np.zeros((h, w), np.uint8)
+    out = np.zeros((1, h, w), np.uint8)
     put_values, done_until = host_sink(_ArrayTarget(out), predictor.device, w, tile, [(1, torch.uint8)], gather)
 
     def put(r, c, scores):
         put_values(r, c, [scores.argmax(dim=0, keepdim=True).to(dtype=torch.uint8)])
 
     slide(ArrayReader(image), predictor, num_classes, tile, overlap, (put, done_until))
+    return out[0]
+
+
+def predict_probabilities(predictor, image: np.ndarray, num_classes: int, tile: int, overlap: int) -> np.ndarray:
+    """Blended class probabilities (classes, H, W), float32 summing to 1 per pixel, for an in-memory image:
+    what the engine's labels are the argmax of."""
+    import torch
+
+    h, w = image.shape[1:]
+    out = np.zeros((num_classes, h, w), np.float32)
+    put_values, done_until = host_sink(_ArrayTarget(out), predictor.device, w, tile,
+                                       [(num_classes, torch.float32)], gather=False)
+    slide(ArrayReader(image), predictor, num_classes, tile, overlap,
+          (lambda r, c, scores: put_values(r, c, [scores.float()]), done_until))
+    out /= np.maximum(out.sum(axis=0, keepdims=True), 1e-12)
     return out

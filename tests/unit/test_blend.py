@@ -1,10 +1,12 @@
 import numpy as np
 import pytest
 import torch
-from conftest import cuda
+from conftest import cuda, fixture_pixels, make_model
 
 from landcover_plugin.core.blend import StripBlender
+from landcover_plugin.core.predictor import Predictor
 from landcover_plugin.core.rowbuffer import RowBuffer
+from landcover_plugin.core.sliding import predict_array, predict_probabilities
 from landcover_plugin.core.windows import blend_weights, window_grid
 
 
@@ -111,3 +113,16 @@ def test_strips_gathered_on_the_device_write_what_direct_puts_write(device, h, w
     assert (results[True] >= 0).all()
     np.testing.assert_array_equal(results[True], results[False])
     assert np.abs(results[True] - field[0] * 1000).max() < 1.001
+
+
+def test_probabilities_of_an_array_are_what_its_labels_are_the_argmax_of():
+    net, spec = make_model()
+    image = fixture_pixels()[:, :150, :170]
+    k = len(spec.classes)
+    pred = Predictor(net, spec.mean, spec.std, blend_weights(64, 16), torch.device("cpu"), 4, precision="fp32")
+    probs = predict_probabilities(pred, image, k, 64, 16)
+    assert probs.shape == (k, 150, 170) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-5)
+    labels = predict_array(pred, image, k, 64, 16)
+    assert len(np.unique(labels)) > 1  # an untrained net that called everything one class would prove nothing
+    assert (probs.argmax(axis=0) == labels).mean() > 0.999  # ties between float sums may break differently

@@ -3,7 +3,7 @@ import pytest
 
 from landcover_plugin.core.errors import InputError
 from landcover_plugin.core.metrics import confusion, scores
-from landcover_plugin.core.pairs import pair_files
+from landcover_plugin.core.pairs import pair_files, pairs_from
 
 
 def test_confusion_and_scores_by_hand():
@@ -65,3 +65,12 @@ def test_area_report_shows_hectares_only_for_ground_areas(tmp_path):
     assert "hectares" in metres and "<td>0.120</td>" in metres and "<th>0.160</th>" in metres
     assert "hectares" not in pixels and "area (pixels)" in pixels
     assert (tmp_path / "m.csv").read_text().splitlines()[2] == "3,water,100,400.000,25.000"
+
+
+def test_pairs_from_one_file_needs_its_mask_file(tmp_path):
+    image, mask = tmp_path / "a.jpg", tmp_path / "a.png"
+    image.write_bytes(b"x")
+    with pytest.raises(InputError, match="mask file"):
+        pairs_from(str(image), str(tmp_path))
+    mask.write_bytes(b"x")
+    assert pairs_from(str(image), str(mask)) == [(str(image), str(mask))]
