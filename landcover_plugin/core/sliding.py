@@ -128,7 +128,8 @@ def predict_array(predictor, image: np.ndarray, num_classes: int, tile: int, ove
     return out[0]
 
 
-def predict_probabilities(predictor, image: np.ndarray, num_classes: int, tile: int, overlap: int) -> np.ndarray:
+def predict_probabilities(predictor, image: np.ndarray, num_classes: int, tile: int, overlap: int,
+                          gather: bool | None = None) -> np.ndarray:
     """Blended class probabilities (classes, H, W), float32 summing to 1 per pixel, for an in-memory image:
     what the engine's labels are the argmax of."""
     import torch
@@ -136,7 +137,7 @@ def predict_probabilities(predictor, image: np.ndarray, num_classes: int, tile: 
     h, w = image.shape[1:]
     out = np.zeros((num_classes, h, w), np.float32)
     put_values, done_until = host_sink(_ArrayTarget(out), predictor.device, w, tile,
-                                       [(num_classes, torch.float32)], gather=False)
+                                       [(num_classes, torch.float32)], gather)
     slide(ArrayReader(image), predictor, num_classes, tile, overlap,
           (lambda r, c, scores: put_values(r, c, [scores.float()]), done_until))
     out /= np.maximum(out.sum(axis=0, keepdims=True), 1e-12)

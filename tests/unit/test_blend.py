@@ -123,6 +123,8 @@ def test_probabilities_of_an_array_are_what_its_labels_are_the_argmax_of():
     probs = predict_probabilities(pred, image, k, 64, 16)
     assert probs.shape == (k, 150, 170) and probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-5)
+    # strips gathered as on a GPU bring back the same values
+    np.testing.assert_array_equal(predict_probabilities(pred, image, k, 64, 16, gather=True), probs)
     labels = predict_array(pred, image, k, 64, 16)
     assert len(np.unique(labels)) > 1  # an untrained net that called everything one class would prove nothing
     assert (probs.argmax(axis=0) == labels).mean() > 0.999  # ties between float sums may break differently
