@@ -6,7 +6,11 @@
 
 IMAGES/MASKS: folders of image/mask pairs (GeoTIFF, PNG, JPEG; masks of class ids,
 255 ignored), paired by name as in evaluate.py. Or, as digitized in QGIS:
---raster image.tif --vector labels.gpkg --class-field class_id (rasterized on the fly).
+--raster image.tif --vector labels.gpkg --class-field class_id (rasterized on the fly;
+pixels outside every polygon are unlabelled, and the class table comes from the field's
+values unless --classes gives one). With --init MODEL the options left out take the
+fine-tuning settings of the landcover:train algorithm, otherwise those of training from
+scratch (shown in --help).
 """
 from __future__ import annotations
 
@@ -36,16 +40,26 @@ def parse_args(argv=None):
     p.add_argument("--bands", type=int, nargs="+", help="input bands, 1-based (default: 1 2 3)")
     p.add_argument("--val-pattern", help="regular expression: matching files are for validation, e.g. 'tile(7|8)_'")
     p.add_argument("--val-fraction", type=float, default=0.15, help="without --val-pattern: share of files held out")
-    p.add_argument("--tile", type=int, default=256, help="training window size")
+    p.add_argument("--val-share", type=float, help="hold out this share of the labelled area in blocks (spatial "
+                   "split) instead of whole files; the default for --raster/--vector labels is 0.2")
+    p.add_argument("--tile", type=int, help="training window size (256)")
     p.add_argument("--infer-tile", type=int, default=512, help="the model's default tile for inference")
     p.add_argument("--infer-overlap", type=int, default=64)
     p.add_argument("--base-width", type=int, default=32)
     p.add_argument("--depth", type=int, default=4)
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--epochs", type=int, help="40 (fine-tuning: as many as --max-minutes allows); 0: as many as "
+                   "--max-minutes allows")
+    p.add_argument("--batch-size", type=int, help="8 (fine-tuning on CUDA: 16)")
+    p.add_argument("--lr", type=float, help="2e-3 (fine-tuning: 5e-4)")
+    p.add_argument("--encoder-lr-factor", type=float, help="the encoder's learning rate relative to --lr "
+                   "(1; fine-tuning: 0.3)")
+    p.add_argument("--head-lr-factor", type=float, help="the classifier head's (1; fine-tuning: 4)")
+    p.add_argument("--adapt-bn", action=argparse.BooleanOptionalAction, help="re-estimate batch-norm statistics "
+                   "on the training imagery first (fine-tuning: on)")
+    p.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, help="keep batch-norm statistics fixed "
+                   "(fine-tuning: on)")
     p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--warmup-epochs", type=float, help="1 (fine-tuning: 0.5); at most a tenth of all steps")
     p.add_argument("--passes", type=float, default=1.0, help="windows per epoch, in multiples of the training pixels")
     p.add_argument("--rare-fraction", type=float, default=0.5, help="share of windows centred on a rare-class pixel")
     p.add_argument("--scale-jitter", type=float, default=0.25)
@@ -57,7 +71,8 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this time")
+    p.add_argument("--max-minutes", type=float, help="time budget: the schedule is fitted to it from measured "
+                   "step and validation times")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --log-dir")
     p.add_argument("--name", default="land-cover U-Net")
     p.add_argument("--init", metavar="MODEL", help="fine-tune: start from this model file (its architecture, "
@@ -65,16 +80,65 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def _config(args, cuda: bool, extra: dict):
+    """TrainConfig from the options given, the rest from the fine-tuning (--init) or from-scratch settings."""
+    from landcover_plugin.core.trainer import TrainConfig, fine_tuning_config
+
+    given = dict(tile=args.tile, batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs,
+                 encoder_lr_factor=args.encoder_lr_factor, head_lr_factor=args.head_lr_factor,
+                 adapt_bn=args.adapt_bn, freeze_bn=args.freeze_bn,
+                 epochs=None if args.epochs == 0 else args.epochs)
+    if args.epochs == 0 and not args.max_minutes:
+        from landcover_plugin.core.errors import InputError
+
+        raise InputError("--epochs 0 (as many as fit) needs --max-minutes.")
+    if args.init:
+        cfg = fine_tuning_config(cuda, **{k: v for k, v in given.items() if v is not None}, workers=args.workers,
+                                 max_val_pixels=None)
+        if args.epochs is None and not args.max_minutes:
+            cfg.epochs = 10
+    else:
+        cfg = TrainConfig(**{k: v for k, v in given.items() if v is not None})
+    if args.epochs == 0:
+        cfg.epochs = None
+    for key in ("infer_tile", "infer_overlap", "base_width", "depth", "weight_decay", "passes", "rare_fraction",
+                "scale_jitter", "color_jitter", "loss", "class_weight_power", "seed", "workers", "device",
+                "half_weights", "max_minutes", "name", "init"):
+        setattr(cfg, key, getattr(args, key))
+    cfg.gsd = args.gsd if args.gsd is not None else cfg.gsd
+    cfg.extra = extra
+    return cfg
+
+
+def _vector_items(args, classes, bands, init_spec):
+    """Items of --raster/--vector pairs, the class table from the fields' values unless --classes gave one."""
+    from landcover_plugin.core.class_table import class_table
+    from landcover_plugin.core.train_data import class_values
+    from landcover_plugin.core.train_job import Labels, load_labelled, target_gsd
+    from landcover_plugin.core.trainer import Hooks
+
+    labels = [Labels(vector=v, layer=args.layer, field=args.class_field) for v in args.vector]
+    if classes is None:
+        values = [x for v in args.vector for x in class_values(v, args.class_field, args.layer)]
+        classes = class_table(values, init_spec.classes if init_spec else (), None, f"the field {args.class_field!r}")
+    gsd = args.gsd or target_gsd(args.raster, init_spec.gsd if init_spec else None)
+    return load_labelled(list(zip(args.raster, labels)), classes, bands, gsd, Hooks()), classes, gsd
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     _common.setup()
+    import torch
+
     from landcover_plugin.core.classes import DEFAULT_CLASSES, parse_classes
     from landcover_plugin.core.errors import InputError, ModelFileError
+    from landcover_plugin.core.label_split import spatial_split
+    from landcover_plugin.core.model_file import read_spec
     from landcover_plugin.core.pairs import pair_files
-    from landcover_plugin.core.train_data import load_pairs, load_vector_labels, split
-    from landcover_plugin.core.trainer import TrainConfig, train
+    from landcover_plugin.core.train_data import load_pairs, split
+    from landcover_plugin.core.trainer import train
 
-    classes = DEFAULT_CLASSES
+    classes = None
     if args.classes:
         try:
             with open(args.classes) as fh:
@@ -83,34 +147,45 @@ def main(argv=None) -> int:
             raise InputError(f"The classes file {args.classes} cannot be read as JSON ({exc}).") from None
         except ModelFileError as exc:
             raise InputError(str(exc)) from None
+    init_spec = None
+    if args.init:
+        try:
+            init_spec = read_spec(args.init)
+        except ModelFileError as exc:
+            raise InputError(f"--init: {exc}") from None
     bands = tuple(args.bands or (1, 2, 3))
     if len(args.raster) != len(args.vector):
         raise InputError("Give one --vector for each --raster.")
     if not args.images and not args.raster:
         raise InputError("Give a folder of image/mask pairs, or --raster with --vector labels.")
-    items = load_pairs(pair_files(args.images, args.masks), bands, [c.id for c in classes]) if args.images else []
-    items += [load_vector_labels(r, v, args.class_field, bands, classes, args.layer)
-              for r, v in zip(args.raster, args.vector)]
-    train_items, val_items = split(items, args.val_pattern, args.val_fraction, args.seed)
-    print(f"{len(train_items)} training and {len(val_items)} validation images; validation: "
-          f"{', '.join(s.name for s in val_items) or 'none'}", file=sys.stderr)
+    if args.images and args.raster and classes is None:
+        classes = DEFAULT_CLASSES
+    items = []
+    if args.images:
+        classes = classes or DEFAULT_CLASSES
+        items = load_pairs(pair_files(args.images, args.masks), bands, [c.id for c in classes])
+    if args.raster:
+        more, classes, gsd = _vector_items(args, classes, bands, init_spec)
+        items += more
+        args.gsd = args.gsd or gsd
+    share = args.val_share if args.val_share is not None else 0.2 if not args.images and not args.val_pattern else None
+    if share is not None:
+        train_items, val_items = spatial_split(items, [c.id for c in classes], share, seed=args.seed)
+        held = f"{len(val_items)} held-out blocks ({share:.0%} of the labelled area)"
+    else:
+        train_items, val_items = split(items, args.val_pattern, args.val_fraction, args.seed)
+        held = ", ".join(s.name for s in val_items) or "none"
+    print(f"{len(train_items)} training images; validation: {held}", file=sys.stderr)
     log_dir = args.log_dir or os.path.splitext(args.out)[0] + "_log"
-    cfg = TrainConfig(tile=args.tile, infer_tile=args.infer_tile, infer_overlap=args.infer_overlap,
-                      base_width=args.base_width, depth=args.depth, epochs=args.epochs, batch_size=args.batch_size,
-                      lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
-                      passes=args.passes, rare_fraction=args.rare_fraction, scale_jitter=args.scale_jitter,
-                      color_jitter=args.color_jitter, loss=args.loss, class_weight_power=args.class_weight_power,
-                      seed=args.seed, workers=args.workers, device=args.device, half_weights=args.half_weights,
-                      gsd=args.gsd, max_minutes=args.max_minutes, name=args.name, init=args.init,
-                      extra={"validation_files": [s.name for s in val_items],
-                             "training_files": len(train_items)})
+    cfg = _config(args, torch.cuda.is_available() and args.device != "cpu",
+                  {"validation_files": [s.name for s in val_items], "training_files": len(train_items)})
     sources = ([os.path.abspath(args.images)] if args.images else []) + [os.path.abspath(v) for v in args.vector]
     note = f"{len(train_items)} labelled images from {', '.join(sources)}"
     command = "python scripts/train.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     result = train(cfg, train_items, val_items, classes, bands, args.out, log_dir, resume=args.resume,
                    data_note=note, command=command)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps({"best_val_miou": result["best"], "epochs": len(result["history"]), "model": args.out}))
+        print(json.dumps({"best_val_miou": result.best, "epochs": result.epochs_done, "model": args.out}))
     return 0
 
 

@@ -92,3 +92,74 @@ def write_evaluation_report(path: str, result: dict, names: list[str], title: st
                 f"<table><tr><th></th>{head}</tr>{body}</table>", details)
     with open(path, "w", encoding="utf-8") as fh:
         fh.write(doc)
+
+
+def _curve(points: list[tuple[float, float]], colour: str, x_max: float, y_max: float, w=480, h=160) -> str:
+    if not points:
+        return ""
+    coords = " ".join(f"{40 + (w - 50) * x / max(x_max, 1e-9):.1f},{h - 20 - (h - 30) * y / max(y_max, 1e-9):.1f}"
+                      for x, y in points)
+    return f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{coords}"/>'
+
+
+def _chart(title: str, series: list[tuple[str, str, list[tuple[float, float]]]], y_max: float) -> str:
+    """A line chart as inline SVG: (label, colour, [(epoch, value)]) series over epochs."""
+    x_max = max((x for _, _, pts in series for x, _ in pts), default=1)
+    parts = ['<svg xmlns="http://www.w3.org/2000/svg" width="480" height="190" role="img">',
+             f'<text x="40" y="12" font-size="12">{html.escape(title)}</text>',
+             '<line x1="40" y1="140" x2="470" y2="140" stroke="#999"/><line x1="40" y1="20" x2="40" y2="140" '
+             'stroke="#999"/>', f'<text x="4" y="24" font-size="10">{y_max:.2g}</text>',
+             '<text x="28" y="140" font-size="10">0</text>',
+             f'<text x="440" y="154" font-size="10">epoch {x_max:g}</text>']
+    for i, (label, colour, pts) in enumerate(series):
+        parts.append(_curve(pts, colour, x_max, y_max))
+        parts.append(f'<text x="{40 + 150 * i}" y="182" font-size="11" fill="{colour}">{html.escape(label)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def write_training_report(path: str, result, classes, details: dict) -> None:
+    """Loss and validation curves, and per-class IoU and confusion on the validation area, starting model
+    beside the trained one, as HTML. result: the trainer's TrainResult."""
+    def f(v):
+        return "–" if v is None or (isinstance(v, float) and v != v) else f"{v:.3f}"
+
+    rows = [r for r in result.history if r["epoch"] > 0]
+    init = result.init_row or {}
+    best = next((r for r in result.history if r["epoch"] == result.best_epoch), {})
+    losses = [(r["epoch"], r["train_loss"]) for r in rows if r["train_loss"] == r["train_loss"]]
+    charts = _chart("training loss", [("loss", "#d7301f", losses)], max([v for _, v in losses] + [1e-6]))
+    if "val_miou" in best:
+        charts += _chart("validation mean IoU", [
+            ("trained", "#2b7bd6", [(r["epoch"], r["val_miou"]) for r in rows]),
+            ("starting model", "#888888", [(0, init.get("val_miou", 0)), (rows[-1]["epoch"] if rows else 1,
+                                                                          init.get("val_miou", 0))])], 1.0)
+        per_class = "".join(
+            f'<tr><td class="l"><span class="sw" style="background:{c.color}"></span>{html.escape(c.name)}</td>'
+            f'<td>{f(init.get("iou_" + c.name))}</td><td>{f(best.get("iou_" + c.name))}</td></tr>' for c in classes)
+        scores_html = (f"<p>Validation mean IoU: <b>{f(best.get('val_miou'))}</b> (epoch {result.best_epoch}); the "
+                       f"starting model on the same area: {f(init.get('val_miou'))}.</p>"
+                       f"<h2>Per class on the validation area</h2><table><tr><th class='l'>class</th>"
+                       f"<th>starting model IoU</th><th>trained IoU</th></tr>{per_class}"
+                       f"<tr><th class='l'>mean</th><th>{f(init.get('val_miou'))}</th>"
+                       f"<th>{f(best.get('val_miou'))}</th></tr></table>")
+    else:
+        scores_html = "<p>No validation area was held out (validation share 0): no scores.</p>"
+    names = [c.name for c in classes]
+    confusion_html = ""
+    for title, matrix in (("trained model", result.best_matrix), ("starting model", result.init_matrix)):
+        if matrix is None:
+            continue
+        head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
+        body = "".join(f'<tr><th class="l">{html.escape(n)}</th>'
+                       + "".join(f"<td>{int(v):,}</td>" for v in r[:len(names)]) + "</tr>"
+                       for n, r in zip(names, matrix))
+        confusion_html += (f"<h2>Confusion matrix, {title}</h2><p>Rows: labels; columns: predicted (pixels).</p>"
+                           f"<table><tr><th></th>{head}</tr>{body}</table>")
+    epochs = "".join(f"<tr><td>{r['epoch']}</td><td>{f(r['train_loss'])}</td><td>{f(r.get('val_miou'))}</td>"
+                     f"<td>{r['seconds']}</td></tr>" for r in result.history)
+    doc = _page("Training report", scores_html + f"<h2>Curves</h2>{charts}" + confusion_html +
+                "<h2>Epochs</h2><table><tr><th>epoch</th><th>training loss</th><th>validation mean IoU</th>"
+                f"<th>seconds</th></tr>{epochs}</table>", details)
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(doc)

@@ -1,10 +1,11 @@
 """Training data: labelled rasters in memory, random windows, augmentation.
 
-Images are kept whole (never cut to files); each training window is drawn at a
-random place, or, with `rare_fraction`, centred on a pixel of a class picked with
-probability growing as the class gets rarer. Every draw is a pure function of
-(seed, epoch, index), so runs are reproducible and ranks of a distributed run can
-split the indices of an epoch with a DistributedSampler.
+Images are kept whole (never cut to files); each training window is centred on a
+labelled pixel: with probability `rare_fraction` one of a class picked with probability
+growing as the class gets rarer, else one of any class in proportion to its labelled
+pixels. So sparse labels (a few polygons over a large image) are all the windows see.
+Every draw is a pure function of (seed, epoch, index), so runs are reproducible and
+ranks of a distributed run can split the indices of an epoch with a DistributedSampler.
 """
 from __future__ import annotations
 
@@ -127,6 +128,7 @@ class WindowSampler:
         # rarer classes are picked more often: probability ~ freq^-0.5 over the classes present
         pick = np.where(present, 1.0 / np.sqrt(np.maximum(freq, 1e-12)), 0.0)
         self.p_class = pick / pick.sum() if pick.sum() else None
+        self.p_labelled = freq / freq.sum() if freq.sum() else None
         rng = np.random.default_rng(seed)
         self.points = []  # per class: (item index, y, x) of sample pixels of that class
         for cid in self.class_ids:
@@ -148,6 +150,12 @@ class WindowSampler:
             if len(self.points[c]):
                 i, cy, cx = self.points[c][rng.integers(len(self.points[c]))]
                 centre = (int(i), int(cy), int(cx))
+        if centre is None and self.p_labelled is not None:
+            # Centred on a labelled pixel: with sparse labels (a few polygons over a large image)
+            # windows drawn anywhere would mostly hold nothing to learn from.
+            c = rng.choice(len(self.class_ids), p=self.p_labelled)
+            i, cy, cx = self.points[c][rng.integers(len(self.points[c]))]
+            centre = (int(i), int(cy), int(cx))
         if centre is None:
             i = int(rng.choice(len(self.items), p=self.p_item))
             h, w = self.items[i].mask.shape
@@ -206,8 +214,8 @@ def augment_batch(images, masks, sizes, flips, tile: int, jitter: float, rng_see
 
 
 def epoch_size(items: list[Labelled], tile: int, passes: float) -> int:
-    """Windows per epoch so that an epoch covers the training pixels `passes` times."""
-    pixels = sum(s.mask.size for s in items)
+    """Windows per epoch so that an epoch covers the labelled training pixels `passes` times."""
+    pixels = sum(int(np.count_nonzero(s.mask != NODATA_CLASS)) for s in items)
     return max(1, math.ceil(passes * pixels / (tile * tile)))
 
 
@@ -217,18 +225,19 @@ def rasterize_labels(raster_path: str, vector_path: str, field: str, classes, la
     Pixels no polygon covers are 255 (ignored): digitized labels rarely cover everything.
     Polygons in another CRS are reprojected to the raster's.
     """
+    import rasterio
+
+    with rasterio.open(raster_path) as src:
+        grid = (src.height, src.width), src.transform, src.crs.to_wkt() if src.crs else None
+    return rasterize_on_grid(vector_path, field, classes, *grid, layer=layer)
+
+
+def _open_layer(vector_path: str, layer: str | None):
     try:
-        from osgeo import ogr, osr
+        from osgeo import ogr
     except ImportError:
         raise InputError("Vector labels need GDAL's Python bindings (osgeo).") from None
-    import json as _json
-
-    import rasterio
-    from rasterio.features import rasterize
-
     ogr.UseExceptions()
-    by_name = {c.name.lower(): c.id for c in classes}
-    ids = {c.id for c in classes}
     try:
         ds = ogr.Open(vector_path)
     except RuntimeError as exc:
@@ -236,11 +245,52 @@ def rasterize_labels(raster_path: str, vector_path: str, field: str, classes, la
     lyr = ds.GetLayerByName(layer) if layer else ds.GetLayer(0)
     if lyr is None:
         raise InputError(f"{vector_path} has no layer {layer!r}.")
-    if lyr.GetLayerDefn().GetFieldIndex(field) < 0:
-        names = [lyr.GetLayerDefn().GetFieldDefn(i).GetName() for i in range(lyr.GetLayerDefn().GetFieldCount())]
+    return ds, lyr
+
+
+def _check_field(lyr, field: str) -> None:
+    defn = lyr.GetLayerDefn()
+    if defn.GetFieldIndex(field) < 0:
+        names = [defn.GetFieldDefn(i).GetName() for i in range(defn.GetFieldCount())]
         raise InputError(f"The layer has no field {field!r}; its fields are {', '.join(names)}.")
-    with rasterio.open(raster_path) as src:
-        shape, transform, crs_wkt = (src.height, src.width), src.transform, src.crs.to_wkt() if src.crs else None
+
+
+def class_values(vector_path: str, field: str, layer: str | None = None) -> list:
+    """The class field's value of every polygon; InputError naming how many have none."""
+    ds, lyr = _open_layer(vector_path, layer)
+    _check_field(lyr, field)
+    values, empty = [], 0
+    for f in lyr:
+        v = f.GetField(field)
+        if v is None or (isinstance(v, str) and not v.strip()):
+            empty += 1
+        else:
+            values.append(v)
+    total = len(values) + empty
+    del ds, lyr  # closes the file
+    if empty:
+        raise InputError(f"{empty} of the {total} polygons have no value in the class field {field!r}; fill them "
+                         "in or delete them.")
+    if not values:
+        raise InputError(f"No labelled polygons in {os.path.basename(vector_path)}.")
+    return values
+
+
+def rasterize_on_grid(vector_path: str, field: str, classes, shape, transform, crs_wkt: str | None,
+                      layer: str | None = None) -> np.ndarray:
+    """Class ids (H, W) on a grid (shape, affine transform, CRS as WKT) from polygons whose `field` holds a
+    class id or name; 255 where no polygon lies. Polygons in another CRS are reprojected to the grid's."""
+    import json as _json
+
+    from rasterio.features import rasterize
+
+    from .class_table import lookup, value_to_id
+
+    ds, lyr = _open_layer(vector_path, layer)
+    from osgeo import osr
+
+    _check_field(lyr, field)
+    ids = value_to_id(classes)
     transform_geom = None
     if crs_wkt and lyr.GetSpatialRef() is not None:
         dst = osr.SpatialReference(wkt=crs_wkt)
@@ -252,17 +302,14 @@ def rasterize_labels(raster_path: str, vector_path: str, field: str, classes, la
     shapes = []
     for f in lyr:
         value = f.GetField(field)
-        if value is None:
+        if value is None or (isinstance(value, str) and not value.strip()):
             continue
-        cid = by_name.get(value.strip().lower()) if isinstance(value, str) and not value.strip().isdigit() else None
+        cid = lookup(ids, value)
         if cid is None:
-            try:
-                cid = int(value)
-            except (TypeError, ValueError):
+            if isinstance(value, str) and not value.strip().isdigit():
                 raise InputError(f"Feature {f.GetFID()} has {field} = {value!r}, which is neither a class id "
-                                 f"nor a class name.") from None
-        if cid not in ids:
-            raise InputError(f"Feature {f.GetFID()} has class {cid}, which is not in the class table.")
+                                 f"nor a class name.")
+            raise InputError(f"Feature {f.GetFID()} has class {value}, which is not in the class table.")
         geom = f.GetGeometryRef()
         if geom is None:
             continue
@@ -270,7 +317,7 @@ def rasterize_labels(raster_path: str, vector_path: str, field: str, classes, la
         if transform_geom is not None:
             geom.Transform(transform_geom)
         shapes.append((_json.loads(geom.ExportToJson()), cid))
-    ds = None
+    del ds, lyr
     if not shapes:
         raise InputError(f"No labelled polygons in {vector_path}.")
     return rasterize(shapes, out_shape=shape, transform=transform, fill=NODATA_CLASS, dtype="uint8")

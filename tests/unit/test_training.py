@@ -84,7 +84,7 @@ def test_resume_continues_from_the_checkpoint(tmp_path, pattern_dir):
     r = _train(*base, "--epochs", "3", "--resume")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "resumed after epoch 2" in r.stderr
-    assert [row["epoch"] for row in _history(str(tmp_path / "m_log"))] == ["1", "2", "3"]
+    assert [row["epoch"] for row in _history(str(tmp_path / "m_log"))] == ["0", "1", "2", "3"]
     shutil.rmtree(tmp_path / "m_log")
     r = _train(*base, "--epochs", "3", "--resume")
     assert r.returncode == 2 and "no checkpoint" in r.stderr and "Traceback" not in r.stderr
@@ -99,7 +99,7 @@ def test_two_process_ddp_on_cpu(tmp_path, pattern_dir):
                         str(pattern_dir / "masks"), "--out", str(out), "--epochs", "2", *COMMON],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert len(_history(str(tmp_path / "ddp_log"))) == 2
+    assert [row["epoch"] for row in _history(str(tmp_path / "ddp_log"))] == ["0", "1", "2"]  # 0: the start
     load_model(str(out))
 
 
@@ -131,7 +131,7 @@ def test_fine_tuning_starts_from_a_model_file(tmp_path, pattern_dir):
     r = _train(*data, "--out", str(tuned), "--epochs", "1", "--lr", "1e-6", "--init", str(first), *COMMON,
                "--base-width", "16")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "--init: starting from" in r.stderr
+    assert "starting from" in r.stderr
     net, spec = load_model(str(tuned))
     _, first_spec = load_model(str(first))
     assert spec.base_width == 8 and spec.mean == first_spec.mean
@@ -290,3 +290,24 @@ def test_training_from_a_raster_and_polygons(tmp_path, labelled_raster):
     assert "l.gpkg" in spec.training["data"]
     r = _train("--raster", labelled_raster, "--out", str(out))
     assert r.returncode == 2 and "one --vector for each --raster" in r.stderr
+
+
+def test_starting_head_keeps_the_rows_of_classes_named_alike(tmp_path):
+    from conftest import make_model
+
+    from landcover_plugin.core.classes import LandClass
+    from landcover_plugin.core.model_file import save_model
+    from landcover_plugin.core.trainer import TrainConfig, _start_model
+
+    net, spec = make_model()
+    path = str(tmp_path / "start.safetensors")
+    save_model(path, net, spec)
+    ours = (LandClass(0, "lava", "#ff0000"), LandClass(3, "Water", "#0000ff"), LandClass(5, "road", "#555555"))
+    logged = []
+    state, _ = _start_model(TrainConfig(init=path), ours, 3, logged.append)
+    head = net.state_dict()["head.weight"]
+    assert torch.equal(state["head.weight"][1], head[3]) and torch.equal(state["head.weight"][2], head[4])
+    assert state["head.weight"].shape[0] == 3 and not any(torch.equal(state["head.weight"][0], r) for r in head)
+    assert any("but for the rows of Water, road" in m for m in logged)
+    with pytest.raises(InputError, match="takes 3 bands, but 4 are given"):
+        _start_model(TrainConfig(init=path), ours, 4, logged.append)

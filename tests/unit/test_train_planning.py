@@ -1,0 +1,114 @@
+"""The pure parts of training from a user's labels: class tables, held-out blocks, schedules."""
+import numpy as np
+import pytest
+
+from landcover_plugin.core.class_table import class_table, head_rows, lookup, value_to_id
+from landcover_plugin.core.classes import DEFAULT_CLASSES, LandClass
+from landcover_plugin.core.errors import InputError
+from landcover_plugin.core.label_split import choose_blocks, spatial_split
+from landcover_plugin.core.train_data import Labelled
+from landcover_plugin.core.train_schedule import fit_schedule
+
+
+def test_names_matching_the_starting_model_keep_its_ids_and_colours():
+    classes = class_table(["Water", "lava", " water ", "Building", "ash"], DEFAULT_CLASSES)
+    assert [(c.id, c.name) for c in classes] == [(0, "ash"), (1, "building"), (2, "lava"), (3, "water")]
+    assert classes[3].color == DEFAULT_CLASSES[3].color and classes[1].color == DEFAULT_CLASSES[1].color
+    assert len({c.color for c in classes}) == 4
+    assert head_rows(classes, DEFAULT_CLASSES) == [(1, 1), (3, 3)]
+
+
+def test_ids_take_names_and_colours_from_the_style_only():
+    classes = class_table([7, 9, 7, "12"], DEFAULT_CLASSES, {"7": ("Forest", "#00ff00"), 9: ("water", "#0000ff")})
+    assert [(c.id, c.name, c.color) for c in classes] == [(7, "Forest", "#00ff00"), (9, "water", "#0000ff"),
+                                                          (12, "class 12", classes[2].color)]
+    assert head_rows(classes, DEFAULT_CLASSES) == [(1, 3)]  # "water" is the starting model's class 3
+    mapping = value_to_id(classes)
+    assert lookup(mapping, "FOREST") == 7 and lookup(mapping, 12.0) == 12 and lookup(mapping, "lava") is None
+
+
+def test_style_order_gives_the_ids_of_new_names():
+    classes = class_table(["b", "a", "c"], (), {"c": ("c", "#111111"), "a": ("a", "#222222")})
+    assert [(c.id, c.name, c.color) for c in classes][:2] == [(0, "c", "#111111"), (1, "a", "#222222")]
+    assert classes[2].name == "b"
+
+
+@pytest.mark.parametrize("values,message", [
+    ([3, 3], "one class only"),
+    (["forest"], "one class only"),
+    ([], "no class values"),
+    ([1, 300], "out of range"),
+])
+def test_class_tables_that_cannot_train(values, message):
+    with pytest.raises(InputError, match=message):
+        class_table(values, DEFAULT_CLASSES)
+
+
+def _sparse_scene(seed=0, size=512, n=40):
+    rng = np.random.default_rng(seed)
+    mask = np.full((size, size), 255, np.uint8)
+    for k in range(n):
+        y, x = rng.integers(0, size - 30, 2)
+        mask[y:y + 30, x:x + 30] = k % 3 if k % 10 else 3  # class 3 is rare
+    return Labelled("scene", rng.integers(0, 255, (3, size, size), dtype=np.uint8), mask)
+
+
+def test_held_out_blocks_are_whole_blocks_with_context_and_leave_training_disjoint():
+    item = _sparse_scene()
+    train, val = spatial_split([item], range(4), 0.25, block=128, context=16, seed=3)
+    labelled = (item.mask != 255).sum()
+    held = sum((v.mask != 255).sum() for v in val)
+    assert 0.15 < held / labelled < 0.5
+    assert (train[0].mask != 255).sum() + held == labelled  # every label goes one way
+    for v in val:
+        y, x = (int(k) for k in v.name.split("@")[1].split(","))
+        # the block's labels, unlabelled in training; imagery around it for context, unlabelled
+        block = item.mask[y:y + 128, x:x + 128]
+        assert np.all(train[0].mask[y:y + 128, x:x + 128] == 255)
+        y0, x0 = max(0, y - 16), max(0, x - 16)
+        np.testing.assert_array_equal(v.image, item.image[:, y0:y0 + v.image.shape[1], x0:x0 + v.image.shape[2]])
+        np.testing.assert_array_equal(v.mask[y - y0:y - y0 + block.shape[0], x - x0:x - x0 + block.shape[1]], block)
+        assert (v.mask != 255).sum() == (block != 255).sum()
+    again = spatial_split([item], range(4), 0.25, block=128, context=16, seed=3)[1]
+    assert [v.name for v in again] == [v.name for v in val]
+
+
+def test_rare_classes_are_served_first_but_keep_training_pixels():
+    counts = np.array([[100, 0], [100, 0], [100, 0], [100, 10], [100, 10], [100, 0]])
+    for seed in range(5):
+        taken = choose_blocks(counts, 0.3, seed)
+        val = counts[taken].sum(0)
+        assert val[1] == 10  # one of the two blocks with the rare class, never both
+        assert val[0] <= 300
+
+
+def test_validation_share_out_of_range_or_labels_too_few():
+    item = _sparse_scene(n=0)
+    item.mask[5:15, 5:15] = 1  # one small polygon: no block to hold out
+    with pytest.raises(InputError, match="at most half"):
+        spatial_split([item], range(4), 0.6)
+    with pytest.raises(InputError, match="too few or too close"):
+        spatial_split([item], range(4), 0.2)
+    assert spatial_split([item], range(4), 0.0) == ([item], [])
+
+
+def test_schedule_fills_or_fits_the_budget():
+    # as many epochs of 20 steps (1 s each) and 5 s of validation as fit in 250 s
+    s = fit_schedule(250, 1.0, 5.0, 20, None)
+    assert (s.epochs, s.steps_per_epoch) == (10, 20)
+    # ten epochs asked for, 200 s: shorter epochs
+    s = fit_schedule(200, 1.0, 2.0, 50, 10)
+    assert (s.epochs, s.steps_per_epoch) == (10, 18)
+    # too short for ten epochs of the minimum length: fewer epochs
+    s = fit_schedule(60, 1.0, 2.0, 50, 10)
+    assert s.steps_per_epoch == 10 and s.epochs == 5
+    # a huge budget: no more than 200 epochs, longer ones instead
+    s = fit_schedule(1e6, 1.0, 0.0, 5, None)
+    assert s.epochs == 200 and s.steps_per_epoch == 5000
+    with pytest.raises(InputError, match="too small for one epoch"):
+        fit_schedule(10, 2.0, 5.0, 50, None)
+
+
+def test_head_rows_by_name_ignore_case_and_spaces():
+    ours = (LandClass(0, "Woodland/Vegetation", "#000000"), LandClass(1, "snow", "#ffffff"))
+    assert head_rows(ours, DEFAULT_CLASSES) == [(0, 2)]
