@@ -1,4 +1,4 @@
-"""Registers the Processing provider, and a menu entry and toolbar button for the Segment dialog."""
+"""Registers the Processing provider, menu entries for the Segment and Train dialogs and a toolbar button."""
 from __future__ import annotations
 
 import os
@@ -22,6 +22,7 @@ class LandcoverPlugin:
         self.iface = iface
         self.provider = None
         self.action = None
+        self.train_action = None
 
     def initProcessing(self):  # noqa: N802 (QGIS's name): qgis_process calls this without a GUI
         from .processing.provider import LandcoverProvider
@@ -40,17 +41,28 @@ class LandcoverPlugin:
         self.action.triggered.connect(self.open_segment_dialog)
         self.iface.addPluginToRasterMenu("&Land cover", self.action)
         self.iface.addRasterToolBarIcon(self.action)
+        self.train_action = QAction(QIcon(ICON), "Train land-cover model…", self.iface.mainWindow())
+        self.train_action.setObjectName("landcoverTrainAction")
+        self.train_action.triggered.connect(lambda: self.open_dialog("landcover:train"))
+        self.iface.addPluginToRasterMenu("&Land cover", self.train_action)
 
     def open_segment_dialog(self):
+        self.open_dialog("landcover:segment")
+
+    @staticmethod
+    def open_dialog(algorithm_id: str):
         import processing
 
-        processing.execAlgorithmDialog("landcover:segment", {})
+        processing.execAlgorithmDialog(algorithm_id, {})
 
     def unload(self):
         if self.action is not None:
             self.iface.removePluginRasterMenu("&Land cover", self.action)
             self.iface.removeRasterToolBarIcon(self.action)
             self.action = None
+        if self.train_action is not None:
+            self.iface.removePluginRasterMenu("&Land cover", self.train_action)
+            self.train_action = None
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None

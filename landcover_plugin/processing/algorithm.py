@@ -8,7 +8,7 @@ from .provider import ICON
 
 
 class LandcoverAlgorithm(QgsProcessingAlgorithm):
-    """Ungrouped (the provider has only two algorithms), with the plugin's icon."""
+    """Ungrouped (the provider has three algorithms), with the plugin's icon."""
 
     def group(self):
         return ""

@@ -28,6 +28,8 @@ class LandcoverProvider(QgsProcessingProvider):
     def loadAlgorithms(self):  # noqa: N802
         from .evaluate_algorithm import EvaluateAlgorithm
         from .segment_algorithm import SegmentAlgorithm
+        from .train_algorithm import TrainAlgorithm
 
         self.addAlgorithm(SegmentAlgorithm())
         self.addAlgorithm(EvaluateAlgorithm())
+        self.addAlgorithm(TrainAlgorithm())

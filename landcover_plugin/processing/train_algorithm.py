@@ -1,0 +1,232 @@
+"""landcover:train, "Train land-cover model": a model for the user's region from polygons over their imagery."""
+from __future__ import annotations
+
+import os
+
+from qgis.core import (
+    QgsCategorizedSymbolRenderer,
+    QgsCoordinateTransformContext,
+    QgsPalettedRasterRenderer,
+    QgsProcessing,
+    QgsProcessingException,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterField,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterMapLayer,
+    QgsProcessingParameterMultipleLayers,
+    QgsProcessingParameterNumber,
+    QgsProcessingUtils,
+    QgsRasterLayer,
+    QgsVectorFileWriter,
+    QgsVectorLayer,
+    QgsWkbTypes,
+)
+
+from .algorithm import LandcoverAlgorithm
+from .dependencies import require_engine
+
+DEVICES = ["auto", "cpu", "cuda"]
+
+
+class TrainAlgorithm(LandcoverAlgorithm):
+    INPUT = "INPUT"
+    LABELS = "LABELS"
+    CLASS_FIELD = "CLASS_FIELD"
+    INIT_MODEL = "INIT_MODEL"
+    FROM_SCRATCH = "FROM_SCRATCH"
+    VALIDATION = "VALIDATION"
+    MAX_MINUTES = "MAX_MINUTES"
+    EPOCHS = "EPOCHS"
+    TILE_SIZE = "TILE_SIZE"
+    BATCH_SIZE = "BATCH_SIZE"
+    LEARNING_RATE = "LEARNING_RATE"
+    DEVICE = "DEVICE"
+    OUTPUT_MODEL = "OUTPUT_MODEL"
+    OUTPUT_REPORT = "OUTPUT_REPORT"
+    VAL_MIOU = "VAL_MIOU"
+    INIT_VAL_MIOU = "INIT_VAL_MIOU"
+
+    def name(self):
+        return "train"
+
+    def displayName(self):  # noqa: N802
+        return "Train land-cover model"
+
+    def shortHelpString(self):  # noqa: N802
+        return (
+            "<p>Learns a land-cover model for your imagery from labels you give: polygons digitized over the "
+            "imagery with a class field (class ids or class names), or a raster of class ids (255 = "
+            "unlabelled). Pixels outside every polygon are unlabelled, not background: a few polygons of each "
+            "class are enough to start.</p>"
+            "<p>It starts from the bundled model (or another model file) and adapts it to your region and your "
+            "classes within the time budget; classes named like the starting model's keep what it learnt. A "
+            "categorized style on the labels gives the classes their names and colours. Part of the labelled "
+            "area is held out, in blocks, to score the model each epoch; the best epoch is kept.</p>"
+            "<p>The model file works at once in <i>Segment land cover</i>, whose outputs are styled with your "
+            "classes. The report shows the curves, per-class IoU and the confusion matrix on the held-out area, "
+            "the starting model's beside the trained one's.</p>")
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        def add(param, help_text, advanced=False):
+            param.setHelp(help_text)
+            if advanced:
+                param.setFlags(param.flags() | param.FlagAdvanced)
+            self.addParameter(param)
+
+        add(QgsProcessingParameterMultipleLayers(self.INPUT, "Imagery to learn from", QgsProcessing.TypeRaster),
+            "One or more rasters (GDAL files) that the labels cover.")
+        add(QgsProcessingParameterMapLayer(self.LABELS, "Labels (polygons, or a raster of class ids)",
+                                           types=[QgsProcessing.TypeVectorPolygon, QgsProcessing.TypeRaster]),
+            "Polygons with a class field, in any CRS; or a raster of class ids where 255 means unlabelled.")
+        add(QgsProcessingParameterField(self.CLASS_FIELD, "Class field (ids or names)", None, self.LABELS,
+                                        optional=True),
+            "For polygon labels: the field holding each polygon's class id or class name.")
+        add(QgsProcessingParameterFile(self.INIT_MODEL, "Model to start from (empty: the bundled model)",
+                                       extension="safetensors", optional=True),
+            "A .safetensors model file to adapt; empty for the bundled land-cover model.")
+        add(QgsProcessingParameterBoolean(self.FROM_SCRATCH, "Train from scratch (random weights)",
+                                          defaultValue=False),
+            "Ignore the starting model and learn from random weights (needs many more labels and time).",
+            advanced=True)
+        add(QgsProcessingParameterNumber(self.VALIDATION, "Share of the labelled area held out for validation",
+                                         QgsProcessingParameterNumber.Double, 0.2, False, 0.0, 0.5),
+            "Blocks of the labelled area (not single pixels) held out to score the model; 0 for none.")
+        add(QgsProcessingParameterNumber(self.MAX_MINUTES, "Time budget (minutes)",
+                                         QgsProcessingParameterNumber.Double, 15.0, False, 0.1, 100000.0),
+            "Training fits its schedule to this time, reading the data included.")
+        add(QgsProcessingParameterNumber(self.EPOCHS, "Epochs (empty: as many as the time allows)",
+                                         QgsProcessingParameterNumber.Integer, None, True, 1, 10000),
+            "Number of epochs; shortened if they do not fit the time budget.", advanced=True)
+        add(QgsProcessingParameterNumber(self.TILE_SIZE, "Training window size in pixels (empty: 256)",
+                                         QgsProcessingParameterNumber.Integer, None, True, 32, 2048),
+            "Side of the windows the network learns from.", advanced=True)
+        add(QgsProcessingParameterNumber(self.BATCH_SIZE, "Batch size (empty: 8 on a CPU, 16 on a GPU)",
+                                         QgsProcessingParameterNumber.Integer, None, True, 1, 1024),
+            "Windows per training step.", advanced=True)
+        add(QgsProcessingParameterNumber(self.LEARNING_RATE, "Learning rate (empty: 5e-4 to adapt, 2e-3 from "
+                                         "scratch)", QgsProcessingParameterNumber.Double, None, True, 0.0, 1.0),
+            "AdamW learning rate of the decoder; the encoder learns at 0.3x, a new head at 4x.", advanced=True)
+        add(QgsProcessingParameterEnum(self.DEVICE, "Device", DEVICES, defaultValue=0),
+            "auto: the CUDA GPU when PyTorch sees one, else the CPU.")
+        add(QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, "Trained model",
+                                                  "Model files (*.safetensors)"),
+            "The .safetensors model file, usable at once by Segment land cover.")
+        add(QgsProcessingParameterFileDestination(self.OUTPUT_REPORT, "Training report", "HTML files (*.html)",
+                                                  optional=True, createByDefault=False),
+            "Curves, per-class IoU and confusion matrix on the held-out area, starting model beside trained.")
+        self.addOutput(QgsProcessingOutputNumber(self.VAL_MIOU, "Validation mean IoU"))
+        self.addOutput(QgsProcessingOutputNumber(self.INIT_VAL_MIOU, "Validation mean IoU of the starting model"))
+
+    def _optional(self, parameters, name, context, kind):
+        value = parameters.get(name)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        if kind is int:
+            return self.parameterAsInt(parameters, name, context)
+        return self.parameterAsDouble(parameters, name, context)
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        require_engine()
+        from ..core.errors import Cancelled, LandcoverError
+        from ..core.train_job import TrainJob, run
+        from ..core.trainer import Hooks
+
+        rasters = self._rasters(parameters, context)
+        labels = self._labels(parameters, context, feedback)
+        out_model = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
+        if not out_model.lower().endswith(".safetensors"):
+            out_model += ".safetensors"
+        report = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context) or None
+        job = TrainJob(
+            rasters=rasters, labels=labels, out_path=out_model,
+            init=self.parameterAsFile(parameters, self.INIT_MODEL, context) or None,
+            from_scratch=self.parameterAsBool(parameters, self.FROM_SCRATCH, context),
+            validation=self.parameterAsDouble(parameters, self.VALIDATION, context),
+            max_minutes=self.parameterAsDouble(parameters, self.MAX_MINUTES, context),
+            epochs=self._optional(parameters, self.EPOCHS, context, int),
+            tile=self._optional(parameters, self.TILE_SIZE, context, int),
+            batch_size=self._optional(parameters, self.BATCH_SIZE, context, int),
+            lr=self._optional(parameters, self.LEARNING_RATE, context, float),
+            device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)], report_path=report,
+            command="landcover:train")
+        hooks = Hooks(log=feedback.pushInfo, progress=lambda f: feedback.setProgress(100.0 * f),
+                      cancel=feedback.isCanceled, bar=False)
+        try:
+            result = run(job, hooks)
+        except Cancelled as exc:
+            raise QgsProcessingException(str(exc)) from None
+        except LandcoverError as exc:
+            raise QgsProcessingException(str(exc)) from None
+        if result.cancelled:
+            feedback.pushWarning(f"Cancelled after {result.epochs} epoch(s): the best model so far (epoch "
+                                 f"{result.best_epoch}) was written to {out_model}.")
+        if result.val_miou is not None:
+            feedback.pushInfo(f"Validation mean IoU {result.val_miou:.4f} (epoch {result.best_epoch}); the starting "
+                              f"model: {result.init_val_miou:.4f}")
+        return {self.OUTPUT_MODEL: out_model, self.OUTPUT_REPORT: report, self.VAL_MIOU: result.val_miou,
+                self.INIT_VAL_MIOU: result.init_val_miou}
+
+    def _rasters(self, parameters, context) -> list[str]:
+        layers = self.parameterAsLayerList(parameters, self.INPUT, context)
+        if not layers:
+            raise QgsProcessingException("Give at least one raster to learn from (INPUT).")
+        paths = []
+        for layer in layers:
+            if not isinstance(layer, QgsRasterLayer) or layer.providerType() != "gdal":
+                raise QgsProcessingException(f"{layer.name()} is not a raster file; give GeoTIFF, JPEG, PNG or other "
+                                             "GDAL rasters to learn from.")
+            paths.append(layer.source())
+        return paths
+
+    def _labels(self, parameters, context, feedback):
+        from ..core.train_job import Labels
+
+        layer = self.parameterAsLayer(parameters, self.LABELS, context)
+        if layer is None:
+            raise QgsProcessingException("The labels (LABELS) could not be loaded.")
+        if isinstance(layer, QgsRasterLayer):
+            if layer.providerType() != "gdal":
+                raise QgsProcessingException("Label rasters must be raster files of class ids.")
+            styled = None
+            if isinstance(layer.renderer(), QgsPalettedRasterRenderer):
+                styled = {str(int(c.value)): (c.label, c.color.name()) for c in layer.renderer().classes()
+                          if c.label}
+            return Labels(raster=layer.source(), styled=styled)
+        if not isinstance(layer, QgsVectorLayer) or layer.geometryType() != QgsWkbTypes.PolygonGeometry:
+            raise QgsProcessingException("The labels must be polygons or a raster of class ids.")
+        field = self.parameterAsString(parameters, self.CLASS_FIELD, context)
+        if not field:
+            raise QgsProcessingException("Polygon labels need CLASS_FIELD: the field holding class ids or names.")
+        if layer.fields().indexOf(field) < 0:
+            raise QgsProcessingException(f"The labels have no field {field!r}.")
+        styled = None
+        renderer = layer.renderer()
+        if isinstance(renderer, QgsCategorizedSymbolRenderer) and renderer.classAttribute() == field:
+            styled = {str(c.value()): (c.label(), c.symbol().color().name()) for c in renderer.categories()
+                      if c.value() is not None and str(c.value()) != ""}
+        path, name = self._ogr_source(layer, context, feedback)
+        return Labels(vector=path, layer=name, field=field, styled=styled)
+
+    @staticmethod
+    def _ogr_source(layer, context, feedback) -> tuple[str, str | None]:
+        """(file, layer name) GDAL can read: the layer's own file, or a copy (memory layers, filters, services)."""
+        source = layer.source()
+        path, _, rest = source.partition("|")
+        if layer.providerType() == "ogr" and os.path.isfile(path) and "subset=" not in rest:
+            name = None
+            for part in rest.split("|"):
+                if part.startswith("layername="):
+                    name = part[len("layername="):]
+            return path, name
+        copy = QgsProcessingUtils.generateTempFilename("labels.gpkg")
+        options = QgsVectorFileWriter.SaveVectorOptions()
+        options.driverName = "GPKG"
+        options.layerName = "labels"
+        error = QgsVectorFileWriter.writeAsVectorFormatV3(layer, copy, QgsCoordinateTransformContext(), options)
+        if error[0] != QgsVectorFileWriter.NoError:
+            raise QgsProcessingException(f"The labels could not be copied for training: {error[1]}")
+        feedback.pushInfo(f"labels copied to {copy}")
+        return copy, "labels"
