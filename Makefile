@@ -15,10 +15,11 @@ VERSION := $(shell sed -n 's/^version=//p' metadata.txt)
 PROFILE ?= $(HOME)/.local/share/QGIS/QGIS3/profiles/default
 QGIS_PYTHON ?= /usr/bin/python3
 
-.PHONY: help system venv test test-unit lint bench demo stage package deploy undeploy screenshot clean
+.PHONY: help system venv test test-unit lint bench demo demo-train stage package deploy undeploy screenshot clean
 
 help:
 	@echo "make demo   classify the sample image with the bundled model into demo_output/"
+	@echo "make demo-train  adapt the bundled model to polygons over the sample, then segment and evaluate"
 	@echo "make test   install what is missing, then lint and run all tests"
 	@echo "make lint   ruff over the code"
 	@echo "make bench  engine memory and throughput figures"
@@ -66,6 +67,30 @@ demo: venv stage
 	  OUTPUT_CONFIDENCE=$(abspath demo_output/confidence.tif) OUTPUT_REPORT=$(abspath demo_output/report.html) \
 	  MIN_AREA=4 SIMPLIFY=1 2>&1 | grep -v -e '^QStandardPaths' -e '^$$'
 	$(PY) scripts/area_table.py demo_output/classes.tif
+
+# The adaptation loop headless, as a QGIS user runs it: the sample georeferenced (UTM 40N, 0.5 m),
+# the committed polygons over 10% of it (EPSG:4326, class names) train a model for a few minutes
+# (landcover:train), the Graphical Modeler model segments the sample with it and evaluates it
+# against the sample's full mask; the bundled model is scored the same way beside it.
+DEMO_TRAIN := demo_train
+DEMO_MINUTES ?= 3
+QGIS_RUN = $(QGIS_ENV) qgis_process.bin run
+demo-train: venv stage
+	rm -rf $(DEMO_TRAIN) && mkdir -p $(DEMO_TRAIN)
+	$(QGIS_ENV) qgis_process.bin plugins enable landcover_plugin >/dev/null 2>&1 || true
+	gdal_translate -q -a_srs EPSG:32640 -a_ullr 300000 2780000 300384 2779616 $(DEMO_INPUT) $(DEMO_TRAIN)/sample.tif
+	gdal_translate -q -a_srs EPSG:32640 -a_ullr 300000 2780000 300384 2779616 -a_nodata 255 \
+	  tests/data/dubai_tile7_005_crop_mask.png $(DEMO_TRAIN)/sample_mask.tif
+	$(QGIS_RUN) $(abspath examples/train_segment_evaluate.model3) -- imagery=$(abspath $(DEMO_TRAIN)/sample.tif) \
+	  labels=$(abspath tests/data/dubai_tile7_005_crop_polygons.geojson) class_field=class minutes=$(DEMO_MINUTES) \
+	  image=$(abspath $(DEMO_TRAIN)/sample.tif) reference=$(abspath $(DEMO_TRAIN)/sample_mask.tif) \
+	  train:model=$(abspath $(DEMO_TRAIN)/adapted.safetensors) segment:classes=$(abspath $(DEMO_TRAIN)/adapted.tif) \
+	  2>&1 | grep -v -e '^QStandardPaths' -e '^$$' | tee $(DEMO_TRAIN)/log.txt | grep -E -e '^epoch=|Validation|Mean IoU|  [a-z/]+: IoU'
+	$(QGIS_RUN) landcover:segment -- INPUT=$(abspath $(DEMO_TRAIN)/sample.tif) \
+	  OUTPUT_RASTER=$(abspath $(DEMO_TRAIN)/bundled.tif) >/dev/null 2>&1
+	@echo "bundled model on the same image:"
+	@$(QGIS_RUN) landcover:evaluate -- INPUT=$(abspath $(DEMO_TRAIN)/bundled.tif) \
+	  REFERENCE=$(abspath $(DEMO_TRAIN)/sample_mask.tif) 2>&1 | grep -E -e 'Mean IoU|  [a-z/]+: IoU'
 
 # The plugin as QGIS wants it: one folder with metadata.txt inside (QGIS_PLUGINPATH=$(STAGE)).
 stage:
