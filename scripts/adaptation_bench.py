@@ -127,7 +127,7 @@ def random_forest(data: dict, classes, out_path: str, seed: int) -> float:
     import rasterio
     from sklearn.ensemble import RandomForestClassifier
 
-    from landcover_plugin.core.outputs import write_class_styling
+    from landcover_plugin.core.outputs import set_category_names, write_class_styling
     from landcover_plugin.core.train_data import rasterize_labels
 
     started = time.perf_counter()
@@ -154,6 +154,7 @@ def random_forest(data: dict, classes, out_path: str, seed: int) -> float:
     with rasterio.open(out_path, "w", **profile) as ds:
         ds.write(pred.reshape(1, img.shape[1], img.shape[2]))
         write_class_styling(ds, classes)
+    set_category_names(out_path, classes)  # so that landcover:evaluate scores the same class table
     return time.perf_counter() - started
 
 

@@ -47,13 +47,13 @@ def parse_args(argv=None):
     p.add_argument("--infer-overlap", type=int, default=64)
     p.add_argument("--base-width", type=int, default=32)
     p.add_argument("--depth", type=int, default=4)
-    p.add_argument("--epochs", type=int, help="40 (fine-tuning: as many as --max-minutes allows); 0: as many as "
-                   "--max-minutes allows")
+    p.add_argument("--epochs", type=int, help="40 (fine-tuning: as many as --max-minutes allows, else 10); "
+                   "0: as many as --max-minutes allows")
     p.add_argument("--batch-size", type=int, help="8 (fine-tuning on CUDA: 16)")
-    p.add_argument("--lr", type=float, help="2e-3 (fine-tuning: 5e-4)")
+    p.add_argument("--lr", type=float, help="2e-3 (fine-tuning: 2e-4)")
     p.add_argument("--encoder-lr-factor", type=float, help="the encoder's learning rate relative to --lr "
                    "(1; fine-tuning: 0.3)")
-    p.add_argument("--head-lr-factor", type=float, help="the classifier head's (1; fine-tuning: 4)")
+    p.add_argument("--head-lr-factor", type=float, help="the classifier head's (1; fine-tuning: 5)")
     p.add_argument("--adapt-bn", action=argparse.BooleanOptionalAction, help="re-estimate batch-norm statistics "
                    "on the training imagery first (fine-tuning: on)")
     p.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, help="keep batch-norm statistics fixed "
@@ -63,7 +63,7 @@ def parse_args(argv=None):
     p.add_argument("--passes", type=float, default=1.0, help="windows per epoch, in multiples of the training pixels")
     p.add_argument("--rare-fraction", type=float, default=0.5, help="share of windows centred on a rare-class pixel")
     p.add_argument("--scale-jitter", type=float, default=0.25)
-    p.add_argument("--color-jitter", type=float, default=0.2)
+    p.add_argument("--color-jitter", type=float, help="0.2 (fine-tuning: 0.1)")
     p.add_argument("--loss", choices=("dice", "focal"), default="dice", help="added to class-weighted cross-entropy")
     p.add_argument("--class-weight-power", type=float, default=0.5)
     p.add_argument("--gsd", type=float, help="ground sampling distance of the training images in metres")
@@ -104,7 +104,8 @@ def _config(args, cuda: bool, extra: dict):
     for key in ("infer_tile", "infer_overlap", "base_width", "depth", "weight_decay", "passes", "rare_fraction",
                 "scale_jitter", "color_jitter", "loss", "class_weight_power", "seed", "workers", "device",
                 "half_weights", "max_minutes", "name", "init"):
-        setattr(cfg, key, getattr(args, key))
+        if getattr(args, key) is not None or key in ("gsd", "max_minutes", "init"):
+            setattr(cfg, key, getattr(args, key))
     cfg.gsd = args.gsd if args.gsd is not None else cfg.gsd
     cfg.extra = extra
     return cfg

@@ -418,7 +418,7 @@ class _Run:
         self.mean_t = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
         self.std_t = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
 
-        self.history, self.best, self.best_epoch, self.best_state = [], float("-inf"), None, None
+        self.history, self.best, self.best_epoch, self.best_state, self.best_row = [], float("-inf"), None, None, None
         self.best_matrix = self.init_matrix = self.init_row = None
         self.step, self.epochs_done, self.cancelled = 0, 0, False
         self.step_s = self.val_s = None
@@ -465,8 +465,8 @@ class _Run:
         first = epoch
         while epoch < self.plan.epochs:
             losses, seconds = self._epoch(epoch, calibrate=epoch == first)
-            if self.cancelled and not losses:
-                break
+            if self.cancelled:
+                break  # a part of an epoch is not an epoch: the best model so far stands
             self._end_epoch(epoch, losses, seconds)
             epoch += 1
             if self.cancelled or self._out_of_time():
@@ -487,6 +487,8 @@ class _Run:
         self.best, self.best_epoch = float(state["best_miou"]), int(state["best_epoch"])
         self.best_state = state["best_state"]
         self.history = json.loads(state["history"])
+        self.best_row = next((r for r in self.history if r["epoch"] == self.best_epoch), None)
+        self.init_row = next((r for r in self.history if r["epoch"] == 0), None)
         self.step = int(state["step"])
         epoch = int(state["epoch"]) + 1
         self.epochs_done = epoch
@@ -563,8 +565,8 @@ class _Run:
             t = torch.tensor([train_loss], device=self.device)
             torch.distributed.all_reduce(t)
             train_loss = float(t) / self.world
-        row = {"epoch": epoch + 1, "train_loss": round(train_loss, 5), "lr": round(self.sched.get_last_lr()[0], 7),
-               "seconds": round(seconds, 1)}
+        lr = self.cfg.lr * self._lr_factor(self.step)  # the decoder's; the encoder's and head's are scaled
+        row = {"epoch": epoch + 1, "train_loss": round(train_loss, 5), "lr": round(lr, 7), "seconds": round(seconds, 1)}
         self.epochs_done = epoch + 1
         if self.rank == 0:
             matrix, metric = self._validate(row) if self.val else (None, -train_loss)

@@ -106,9 +106,9 @@ class TrainAlgorithm(LandcoverAlgorithm):
         add(QgsProcessingParameterNumber(self.BATCH_SIZE, "Batch size (empty: 8 on a CPU, 16 on a GPU)",
                                          QgsProcessingParameterNumber.Integer, None, True, 1, 1024),
             "Windows per training step.", advanced=True)
-        add(QgsProcessingParameterNumber(self.LEARNING_RATE, "Learning rate (empty: 5e-4 to adapt, 2e-3 from "
+        add(QgsProcessingParameterNumber(self.LEARNING_RATE, "Learning rate (empty: 2e-4 to adapt, 2e-3 from "
                                          "scratch)", QgsProcessingParameterNumber.Double, None, True, 0.0, 1.0),
-            "AdamW learning rate of the decoder; the encoder learns at 0.3x, a new head at 4x.", advanced=True)
+            "AdamW learning rate of the decoder; the encoder learns at 0.3x, the head at 5x.", advanced=True)
         add(QgsProcessingParameterEnum(self.DEVICE, "Device", DEVICES, defaultValue=0),
             "auto: the CUDA GPU when PyTorch sees one, else the CPU.")
         add(QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, "Trained model",

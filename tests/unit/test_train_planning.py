@@ -112,3 +112,68 @@ def test_schedule_fills_or_fits_the_budget():
 def test_head_rows_by_name_ignore_case_and_spaces():
     ours = (LandClass(0, "Woodland/Vegetation", "#000000"), LandClass(1, "snow", "#ffffff"))
     assert head_rows(ours, DEFAULT_CLASSES) == [(0, 2)]
+
+
+def test_sparse_polygons_cover_the_share_with_every_class(tmp_path):
+    """scripts/sparse_labels.py: regions within cells, classes taking turns, never past the share."""
+    import os
+    import sys
+
+    from conftest import write_raster
+    from rasterio.transform import from_origin
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "scripts"))
+    from sparse_labels import sparse_polygons
+
+    mask = np.zeros((256, 256), np.uint8)
+    mask[:, 128:] = 2
+    mask[100:120, 10:30] = 3  # a small rare class: 400 pixels
+    mask[0:8, 0:8] = 255
+    path = write_raster(tmp_path / "m.tif", mask, crs="EPSG:32640", transform=from_origin(1000, 2000, 2, 2))
+    polygons, crs, covered = sparse_polygons([path], 0.1, seed=4, cell=32, min_pixels=16)
+    assert 0.05 < covered <= 0.1 and "32640" in crs
+    assert {cid for cid, _ in polygons} == {0, 2, 3}
+    from rasterio.features import rasterize
+
+    drawn = rasterize([(g, c) for c, g in polygons], out_shape=mask.shape, transform=from_origin(1000, 2000, 2, 2),
+                      fill=255, dtype="uint8")
+    assert np.array_equal(drawn[drawn != 255], mask[drawn != 255])  # every polygon holds its own class only
+    assert (drawn != 255).sum() == pytest.approx(covered * mask.size)
+
+
+def test_rasters_of_several_resolutions_are_read_at_one(tmp_path):
+    """Two rasters at 0.5 m and 1 m are read at their median, 0.75 m; labels land on the resampled grids."""
+    pytest.importorskip("osgeo")
+    from conftest import write_raster
+    from osgeo import ogr, osr
+    from rasterio.transform import from_origin
+
+    from landcover_plugin.core.train_job import Labels, load_labelled, target_gsd
+    from landcover_plugin.core.trainer import Hooks
+
+    fine = write_raster(tmp_path / "fine.tif", np.full((3, 120, 120), 50, np.uint8), crs="EPSG:32640",
+                        transform=from_origin(500000, 2800000, 0.5, 0.5))
+    coarse = write_raster(tmp_path / "coarse.tif", np.full((3, 60, 60), 90, np.uint8), crs="EPSG:32640",
+                          transform=from_origin(500000, 2800000, 1.0, 1.0))
+    ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(tmp_path / "l.gpkg"))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32640)
+    layer = ds.CreateLayer("l", srs=srs, geom_type=ogr.wkbPolygon)
+    layer.CreateField(ogr.FieldDefn("kind", ogr.OFTString))
+    for wkt, kind in (("POLYGON((500000 2800000, 500030 2800000, 500030 2799970, 500000 2799970, 500000 2800000))",
+                       "sand"), ("POLYGON((500030 2799970, 500060 2799970, 500060 2799940, 500030 2799940, "
+                                 "500030 2799970))", "grass")):
+        f = ogr.Feature(layer.GetLayerDefn())
+        f.SetGeometry(ogr.CreateGeometryFromWkt(wkt))
+        f.SetField("kind", kind)
+        layer.CreateFeature(f)
+    ds = None
+    assert target_gsd([fine, coarse], None) == pytest.approx(0.75)
+    assert target_gsd([fine, coarse], 2.0) == 2.0  # the starting model's, when it declares one
+    classes = class_table(["sand", "grass"])
+    labels = Labels(vector=str(tmp_path / "l.gpkg"), field="kind")
+    items = load_labelled([(fine, labels), (coarse, labels)], classes, (1, 2, 3), 0.75, Hooks(log=lambda m: None))
+    assert [s.image.shape[1:] for s in items] == [(80, 80), (80, 80)]  # 60 m at 0.75 m
+    for s in items:
+        assert (s.mask == 1).sum() == 40 * 40 and (s.mask == 0).sum() == 40 * 40  # 30 m squares
+        assert np.all(s.mask[:40, :40] == 1)  # "sand" sorts after "grass": id 1
