@@ -97,8 +97,8 @@ def write_evaluation_report(path: str, result: dict, names: list[str], title: st
 def _curve(points: list[tuple[float, float]], colour: str, x_max: float, y_max: float, w=480, h=160) -> str:
     if not points:
         return ""
-    coords = " ".join(f"{40 + (w - 50) * x / max(x_max, 1e-9):.1f},{h - 20 - (h - 30) * y / max(y_max, 1e-9):.1f}"
-                      for x, y in points)
+    coords = " ".join(f"{40 + (w - 50) * x / max(x_max, 1e-9):.1f},{h - 20 - (h - 40) * y / max(y_max, 1e-9):.1f}"
+                      for x, y in points)  # y_max at the top of the axis (y = 20)
     return f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{coords}"/>'
 
 
