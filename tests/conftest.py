@@ -82,6 +82,30 @@ def model_file(tmp_path_factory):
     return str(path)
 
 
+@pytest.fixture(scope="session")
+def small_model(tmp_path_factory):
+    """A random-weight U-Net (base width 8, depth 2, tile 64) on the five default classes: runs in seconds."""
+    from landcover_plugin.core.model_file import save_model
+
+    net, spec = make_model(tile=64, overlap=16)
+    path = tmp_path_factory.mktemp("m") / "small.safetensors"
+    save_model(str(path), net, spec)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def provider(qgis_app, qgis_processing):
+    """The landcover Processing provider, registered once (pytest-qgis tests)."""
+    from qgis.core import QgsApplication
+
+    from landcover_plugin.processing.provider import LandcoverProvider
+
+    registry = QgsApplication.processingRegistry()
+    if registry.providerById("landcover") is None:
+        registry.addProvider(LandcoverProvider())
+    yield registry.providerById("landcover")
+
+
 def has_cuda() -> bool:
     try:
         import torch

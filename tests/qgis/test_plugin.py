@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 import rasterio
-from conftest import FIXTURE, fixture_pixels, make_model, write_raster
+from conftest import FIXTURE, fixture_pixels, write_raster
 from qgis.core import (
     QgsApplication,
     QgsCategorizedSymbolRenderer,
@@ -17,19 +17,6 @@ from qgis.core import (
     QgsRasterLayer,
     QgsVectorLayer,
 )
-
-from landcover_plugin.core.model_file import save_model
-
-
-@pytest.fixture(scope="session")
-def provider(qgis_app, qgis_processing):
-    from landcover_plugin.processing.provider import LandcoverProvider
-
-    registry = QgsApplication.processingRegistry()
-    if registry.providerById("landcover") is None:
-        p = LandcoverProvider()
-        registry.addProvider(p)
-    yield registry.providerById("landcover")
 
 
 @pytest.fixture(scope="session")
@@ -54,14 +41,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 _KEEP = []
 SEGMENT_PARAMS = ["INPUT", "MODEL", "BANDS", "EXTENT", "TILE_SIZE", "OVERLAP", "BATCH_SIZE", "DEVICE", "TTA",
                   "MIN_AREA", "SIMPLIFY", "OUTPUT_RASTER", "OUTPUT_VECTOR", "OUTPUT_CONFIDENCE", "OUTPUT_REPORT"]
-
-
-@pytest.fixture(scope="module")
-def small_model(tmp_path_factory):
-    net, spec = make_model(tile=64, overlap=16)
-    path = tmp_path_factory.mktemp("m") / "small.safetensors"
-    save_model(str(path), net, spec)
-    return str(path)
 
 
 def test_provider_and_algorithms_are_registered(provider):

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 import rasterio
-from conftest import DATA, FIXTURE_MASK, fixture_pixels, make_model, write_raster
+from conftest import DATA, FIXTURE_MASK, fixture_pixels, write_raster
 from qgis.core import (
     QgsApplication,
     QgsProcessingContext,
@@ -17,7 +17,7 @@ from qgis.core import (
 )
 from rasterio.transform import from_origin
 
-from landcover_plugin.core.model_file import load_model, read_spec, save_model
+from landcover_plugin.core.model_file import load_model, read_spec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN_PARAMS = ["INPUT", "LABELS", "CLASS_FIELD", "INIT_MODEL", "FROM_SCRATCH", "VALIDATION", "MAX_MINUTES", "EPOCHS",
@@ -26,16 +26,6 @@ TRAIN_PARAMS = ["INPUT", "LABELS", "CLASS_FIELD", "INIT_MODEL", "FROM_SCRATCH", 
 ORIGIN, PIXEL = (300000.0, 2780000.0), 0.5
 POLYGONS = os.path.join(DATA, "dubai_tile7_005_crop_polygons.geojson")
 FAST = {"TILE_SIZE": 64, "BATCH_SIZE": 4, "DEVICE": 1}
-
-
-@pytest.fixture(scope="module")
-def provider(qgis_app, qgis_processing):
-    from landcover_plugin.processing.provider import LandcoverProvider
-
-    registry = QgsApplication.processingRegistry()
-    if registry.providerById("landcover") is None:
-        registry.addProvider(LandcoverProvider())
-    return registry.providerById("landcover")
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +40,9 @@ def sample(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def start_model(tmp_path_factory):
-    """A small starting model (the five default classes) so that training in tests takes seconds."""
-    net, spec = make_model(tile=64, overlap=16)
-    path = tmp_path_factory.mktemp("m") / "start.safetensors"
-    save_model(str(path), net, spec)
-    return str(path)
+def start_model(small_model):
+    """The starting model: small, so that training in tests takes seconds."""
+    return small_model
 
 
 def run(params, feedback=None):
