@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 import rasterio
-from conftest import FIXTURE, fixture_pixels, write_raster
+from conftest import FIXTURE, fixture_pixels, qgis_process, write_raster
 from qgis.core import (
     QgsApplication,
     QgsCategorizedSymbolRenderer,
@@ -253,16 +253,8 @@ def test_graphical_model_chains_segment_and_evaluate(provider, utm_raster, small
 
 
 def test_qgis_process_runs_segment_headless(small_model, utm_raster, tmp_path):
-    env = dict(os.environ)
-    plugin_dir = tmp_path / "plugins"
-    subprocess.run(["make", "-s", "-C", ROOT, "stage", f"STAGE={plugin_dir}"], check=True, capture_output=True)
-    env.update(QGIS_PLUGINPATH=str(plugin_dir), QT_QPA_PLATFORM="offscreen",
-               PYTHONPATH=os.pathsep.join(p for p in sys.path if "site-packages" in p))
-    subprocess.run(["qgis_process.bin", "plugins", "enable", "landcover_plugin"], env=env, capture_output=True)
-    r = subprocess.run(["qgis_process.bin", "--json", "run", "landcover:segment", "--", f"INPUT={utm_raster}",
-                        f"MODEL={small_model}", f"OUTPUT_RASTER={tmp_path / 'c.tif'}",
-                        f"OUTPUT_VECTOR={tmp_path / 'v.gpkg'}"], env=env, capture_output=True, text=True,
-                       timeout=300)
+    r = qgis_process(["run", "landcover:segment", "--", f"INPUT={utm_raster}", f"MODEL={small_model}",
+                      f"OUTPUT_RASTER={tmp_path / 'c.tif'}", f"OUTPUT_VECTOR={tmp_path / 'v.gpkg'}"], tmp_path)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     result = json.loads(r.stdout[r.stdout.index("{"):])
     assert os.path.exists(result["results"]["OUTPUT_RASTER"]) and os.path.exists(tmp_path / "v.gpkg")

@@ -1,13 +1,11 @@
 """landcover:train as users run it: toolbox parameters, sparse polygons, class tables, errors, cancel, models."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import rasterio
-from conftest import DATA, FIXTURE_MASK, fixture_pixels, write_raster
+from conftest import DATA, FIXTURE_MASK, fixture_pixels, qgis_process, write_raster
 from qgis.core import (
     QgsApplication,
     QgsProcessingContext,
@@ -248,16 +246,9 @@ def test_modeler_chain_train_segment_evaluate(provider, sample, start_model, tmp
 
 def test_qgis_process_trains_headless(sample, start_model, tmp_path):
     image, _ = sample
-    env = dict(os.environ)
-    plugin_dir = tmp_path / "plugins"
-    subprocess.run(["make", "-s", "-C", ROOT, "stage", f"STAGE={plugin_dir}"], check=True, capture_output=True)
-    env.update(QGIS_PLUGINPATH=str(plugin_dir), QT_QPA_PLATFORM="offscreen",
-               PYTHONPATH=os.pathsep.join(p for p in sys.path if "site-packages" in p))
-    subprocess.run(["qgis_process.bin", "plugins", "enable", "landcover_plugin"], env=env, capture_output=True)
-    r = subprocess.run(["qgis_process.bin", "--json", "run", "landcover:train", "--", f"INPUT={image}",
-                        f"LABELS={POLYGONS}", "CLASS_FIELD=class", f"INIT_MODEL={start_model}", "EPOCHS=1",
-                        "TILE_SIZE=64", "BATCH_SIZE=4", f"OUTPUT_MODEL={tmp_path / 'q.safetensors'}"],
-                       env=env, capture_output=True, text=True, timeout=300)
+    r = qgis_process(["run", "landcover:train", "--", f"INPUT={image}", f"LABELS={POLYGONS}", "CLASS_FIELD=class",
+                      f"INIT_MODEL={start_model}", "EPOCHS=1", "TILE_SIZE=64", "BATCH_SIZE=4",
+                      f"OUTPUT_MODEL={tmp_path / 'q.safetensors'}"], tmp_path)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     result = json.loads(r.stdout[r.stdout.index("{"):])["results"]
     assert os.path.exists(result["OUTPUT_MODEL"]) and 0 <= result["VAL_MIOU"] <= 1
