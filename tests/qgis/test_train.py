@@ -252,3 +252,20 @@ def test_qgis_process_trains_headless(sample, start_model, tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     result = json.loads(r.stdout[r.stdout.index("{"):])["results"]
     assert os.path.exists(result["OUTPUT_MODEL"]) and 0 <= result["VAL_MIOU"] <= 1
+
+
+def test_batch_rows_share_one_context(provider, sample, start_model, tmp_path):
+    """Batch mode runs the algorithm once per row in one context: each row writes its own model."""
+    import processing
+
+    image, _ = sample
+    context = QgsProcessingContext()
+    specs = []
+    for i, validation in enumerate((0.2, 0.0)):
+        out = processing.run("landcover:train", {
+            "INPUT": [image], "LABELS": POLYGONS, "CLASS_FIELD": "class", "INIT_MODEL": start_model, "EPOCHS": 1,
+            "VALIDATION": validation, **FAST, "OUTPUT_MODEL": str(tmp_path / f"row{i}.safetensors")},
+            context=context, feedback=QgsProcessingFeedback())
+        specs.append(read_spec(out["OUTPUT_MODEL"]))
+        assert (out["VAL_MIOU"] is None) == (validation == 0)
+    assert [s.training["validation_share"] for s in specs] == [0.2, 0.0]
