@@ -35,6 +35,7 @@ from .predictor import Predictor
 from .sliding import predict_array
 from .train_data import Labelled, WindowSampler, augment_batch, class_frequencies, class_weights, epoch_size
 from .train_schedule import Schedule, fit_schedule
+from .unet import fit_batchnorm
 from .windows import blend_weights
 
 CALIBRATION_STEPS = 3  # steps timed before a time budget is turned into a schedule (the first is not counted)
@@ -182,8 +183,7 @@ def _start_model(cfg: TrainConfig, classes, n_bands: int, log):
     return state, spec
 
 
-def evaluate(network, spec: ModelSpec, items: list[Labelled], device, tile: int, overlap: int, batch: int = 4,
-             cancel=None):
+def evaluate(network, spec: ModelSpec, items: list[Labelled], device, tile: int, overlap: int, batch: int = 4):
     """Confusion matrix (with its unclassified column) over whole images, blended as the engine does.
 
     An image smaller than the tile (a held-out block) is one window of its own size.
@@ -194,8 +194,6 @@ def evaluate(network, spec: ModelSpec, items: list[Labelled], device, tile: int,
     predictors = {}
     m = 2 ** spec.depth
     for s in items:
-        if cancel is not None and cancel():
-            break
         h, w = s.mask.shape
         t, o = (tile, overlap) if max(h, w) > tile else (-(-max(h, w) // m) * m, 0)
         if (t, o) not in predictors:
@@ -205,7 +203,7 @@ def evaluate(network, spec: ModelSpec, items: list[Labelled], device, tile: int,
     return total
 
 
-def adapt_batchnorm(net, items: list[Labelled], mean, std, tile: int, device, windows: int = 48, seed: int = 0,
+def adapt_batchnorm(net, items: list[Labelled], normalise, tile: int, device, windows: int = 48, seed: int = 0,
                     batch: int = 8) -> None:
     """Re-estimate every batch norm's statistics on windows drawn anywhere in `items`, labelled or not.
 
@@ -222,24 +220,11 @@ def adapt_batchnorm(net, items: list[Labelled], mean, std, tile: int, device, wi
         h, w = items[i].mask.shape
         y, x = int(rng.integers(h - t + 1)), int(rng.integers(w - t + 1))
         crops.append(items[i].image[:, y:y + t, x:x + t])
-    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    saved = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average over the batches below
-    mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
-    net.train()
-    with torch.no_grad():
-        for k in range(0, len(crops), batch):
-            x = torch.from_numpy(np.stack(crops[k:k + batch])).to(device).float()
-            net(((x - mean_t) / std_t).contiguous(memory_format=torch.channels_last))
-    for m, momentum in zip(norms, saved):
-        m.momentum = momentum
-    net.eval()
+    fit_batchnorm(net, (normalise(torch.from_numpy(np.stack(crops[k:k + batch])).to(device).float())
+                        for k in range(0, len(crops), batch)))
 
 
-def fit_head(net, sampler: WindowSampler, lut, mean, std, device, weights=None, windows: int = 48,
+def fit_head(net, sampler: WindowSampler, lut, normalise, device, weights=None, windows: int = 48,
              pixels: int = 200_000, iterations: int = 300, seed: int = 0, batch: int = 8) -> float:
     """Fit the 1x1 classifier head to labelled pixels on the network's fixed features; returns the fit's loss.
 
@@ -251,8 +236,6 @@ def fit_head(net, sampler: WindowSampler, lut, mean, std, device, weights=None, 
     """
     captured = []
     hook = net.head.register_forward_hook(lambda m, inp, out: captured.append(inp[0].detach()))
-    mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
     feats, labels = [], []
     net.eval()
     try:
@@ -264,7 +247,7 @@ def fit_head(net, sampler: WindowSampler, lut, mean, std, device, weights=None, 
                 x = torch.from_numpy(np.stack([d[0][:, :size, :size] for d in part])).to(device).float()
                 y = lut[torch.from_numpy(np.stack([d[1][:size, :size] for d in part])).to(device).long()]
                 captured.clear()
-                net(((x - mean_t) / std_t).contiguous(memory_format=torch.channels_last))
+                net(normalise(x))
                 f = captured[0].float().permute(0, 2, 3, 1).reshape(-1, captured[0].shape[1])
                 keep = y.reshape(-1) != 255
                 feats.append(f[keep])
@@ -428,6 +411,10 @@ class _Run:
         if self.rank == 0:
             self.hooks.log(msg)
 
+    def _normalise(self, x):
+        """Float pixels on the device to the network's input: the model's normalisation, channels-last."""
+        return ((x - self.mean_t) / self.std_t).contiguous(memory_format=torch.channels_last)
+
     def _lr_factor(self, step: int) -> float:
         warm = max(1, min(int(self.cfg.warmup_epochs * self.plan.steps_per_epoch), self.total_steps // 10))
         if step < warm:
@@ -448,20 +435,18 @@ class _Run:
             self._keep_if_best(0, metric, self.init_matrix, row, write=False)
         if self.start and self.cfg.adapt_bn and not resume:
             t0 = time.perf_counter()
-            adapt_batchnorm(self.net, self.train_items, self.spec.mean, self.spec.std, self.cfg.tile, self.device,
-                            seed=self.cfg.seed)
+            adapt_batchnorm(self.net, self.train_items, self._normalise, self.cfg.tile, self.device, seed=self.cfg.seed)
             self.log(f"batch-norm statistics re-estimated on the training imagery ({time.perf_counter() - t0:.1f} s)")
         if self.cfg.fit_head and not resume:
             t0 = time.perf_counter()
             probe = WindowSampler(self.train_items, self.ids, self.cfg.tile, self.cfg.rare_fraction, (1.0, 1.0),
                                   self.cfg.seed)
-            loss = fit_head(self.net, probe, self.lut, self.spec.mean, self.spec.std, self.device,
-                            self.loss_weights, seed=self.cfg.seed)
+            loss = fit_head(self.net, probe, self.lut, self._normalise, self.device, self.loss_weights,
+                            seed=self.cfg.seed)
             self.log(f"classifier head fitted to the labels on the network's features (loss {loss:.3f}, "
                      f"{time.perf_counter() - t0:.1f} s)")
         if self.distributed:
             torch.distributed.barrier()
-        self._plan_without_budget()
         first = epoch
         while epoch < self.plan.epochs:
             losses, seconds = self._epoch(epoch, calibrate=epoch == first)
@@ -494,11 +479,6 @@ class _Run:
         self.epochs_done = epoch
         self.log(f"resumed after epoch {epoch} (best validation mIoU {self.best:.4f})")
         return epoch
-
-    def _plan_without_budget(self) -> None:
-        if not self.cfg.max_minutes:
-            self.plan = Schedule(self.cfg.epochs or 1, self.data_steps)
-            self.total_steps = self.plan.steps
 
     def _epoch(self, epoch: int, calibrate: bool) -> tuple[list[float], float]:
         """One epoch of training steps; returns the step losses and the seconds it took."""
@@ -547,7 +527,7 @@ class _Run:
         msks = [torch.from_numpy(b[1]).to(device, non_blocking=True) for b in batch]
         x, y = augment_batch(imgs, msks, [b[2] for b in batch], [b[3] for b in batch], cfg.tile, cfg.color_jitter,
                              cfg.seed * 100003 + epoch * 1009 + k)
-        x = ((x - self.mean_t) / self.std_t).contiguous(memory_format=torch.channels_last)
+        x = self._normalise(x)
         y = self.lut[y]
         with torch.autocast(device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
             loss = self.loss_fn(self.model(x), y)
@@ -619,14 +599,7 @@ class _Run:
 
     def _fit_budget(self, epoch: int, epoch_t0: float) -> None:
         """Fit the rest of the run (this epoch included) into what is left of the budget."""
-        if self.rank == 0:
-            left = self.cfg.max_minutes * 60 * 0.98 - (epoch_t0 - self.t_start)
-            epochs = None if self.cfg.epochs is None else self.cfg.epochs - epoch
-            fitted = fit_schedule(left, self.step_s, self._estimated_val_s(), self.data_steps, epochs)
-            self.plan = Schedule(epoch + fitted.epochs, fitted.steps_per_epoch)
-        self._share_plan()
-        before = self.step - CALIBRATION_STEPS  # steps of earlier epochs
-        self.total_steps = before + (self.plan.epochs - epoch) * self.plan.steps_per_epoch
+        self._fit_rest(epoch, epoch_t0, self.step - CALIBRATION_STEPS, strict=True)
         self.log(f"{self.step_s:.2f} s a step, {self._estimated_val_s():.1f} s to validate: {self.plan.epochs} "
                  f"epochs of {self.plan.steps_per_epoch} steps fit in {self.cfg.max_minutes:g} minutes")
 
@@ -641,18 +614,24 @@ class _Run:
 
     def _replan(self, epoch: int) -> None:
         """After each epoch, with measured step and validation times, fit the epochs left again."""
-        if not self.cfg.max_minutes:
-            return
+        if self.cfg.max_minutes:
+            self._fit_rest(epoch, time.perf_counter(), self.step, strict=False)
+
+    def _fit_rest(self, epoch: int, since: float, steps_before: int, strict: bool) -> None:
+        """Plan epochs `epoch`.. into the budget left at `since` (a perf_counter time); steps_before:
+        the steps taken before epoch `epoch`. strict: raise when not even one epoch fits, else end here."""
         if self.rank == 0:
-            left = self.cfg.max_minutes * 60 * 0.98 - (time.perf_counter() - self.t_start)
+            left = self.cfg.max_minutes * 60 * 0.98 - (since - self.t_start)
             epochs = None if self.cfg.epochs is None else self.cfg.epochs - epoch
             try:
                 fitted = fit_schedule(left, self.step_s, self._estimated_val_s(), self.data_steps, epochs)
                 self.plan = Schedule(epoch + fitted.epochs, fitted.steps_per_epoch)
             except InputError:
+                if strict:
+                    raise
                 self.plan = Schedule(epoch, self.plan.steps_per_epoch)  # no time for another epoch
         self._share_plan()
-        self.total_steps = self.step + (self.plan.epochs - epoch) * self.plan.steps_per_epoch
+        self.total_steps = steps_before + (self.plan.epochs - epoch) * self.plan.steps_per_epoch
 
     def _share_plan(self) -> None:
         if self.distributed:

@@ -94,18 +94,24 @@ def fused_for_inference(net: nn.Module) -> nn.Module:
     return fused
 
 
-def fit_batchnorm(net: nn.Module, images: torch.Tensor) -> nn.Module:
-    """Set every BatchNorm's statistics to those of `images` (normalised, N x C x H x W); returns net in eval mode.
+def fit_batchnorm(net: nn.Module, images) -> nn.Module:
+    """Set every BatchNorm's statistics to those of `images` (normalised, N x C x H x W, or an iterable of
+    such batches, averaged alike); returns net in eval mode.
 
     A U-Net with random weights and default statistics answers one class everywhere.
     With statistics fitted to real imagery its output varies across an image like a
-    trained model's, which is what benchmarks and blending tests need from it.
+    trained model's, which is what benchmarks and blending tests need from it. A trained
+    network moved to imagery of another sensor or region is refitted the same way (AdaBN).
     """
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the batches seen
+    norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches seen
     net.train()
     with torch.no_grad():
-        net(images)
+        for batch in [images] if isinstance(images, torch.Tensor) else images:
+            net(batch)
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
     return net.eval()
