@@ -26,10 +26,8 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QVariant
 
-from .algorithm import LandcoverAlgorithm
+from .algorithm import DEVICES, LandcoverAlgorithm
 from .dependencies import require_engine
-
-DEVICES = ["auto", "cpu", "cuda"]
 
 
 def _default_model_summary() -> str:
@@ -87,12 +85,7 @@ class SegmentAlgorithm(LandcoverAlgorithm):
             "join their largest neighbour, in the raster and the polygons alike.</p>")
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        def add(param, help_text, advanced=False):
-            param.setHelp(help_text)
-            if advanced:
-                param.setFlags(param.flags() | param.FlagAdvanced)
-            self.addParameter(param)
-
+        add = self.add_parameter
         add(QgsProcessingParameterRasterLayer(self.INPUT, "Input raster"), "The image to classify.")
         add(QgsProcessingParameterFile(self.MODEL, "Model file (empty: the bundled model)", extension="safetensors",
                                        optional=True),
@@ -136,13 +129,6 @@ class SegmentAlgorithm(LandcoverAlgorithm):
                                                   createByDefault=False),
             "Area and share of each class, as an HTML page with a chart or a CSV table.")
 
-    def _optional_int(self, parameters, name, context):
-        value = parameters.get(name)
-        if value is None or (isinstance(value, str) and not value.strip()) or \
-                (isinstance(value, QVariant) and value.isNull()):
-            return None
-        return self.parameterAsInt(parameters, name, context)
-
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         require_engine()
         from ..core.errors import Cancelled, LandcoverError
@@ -166,8 +152,8 @@ class SegmentAlgorithm(LandcoverAlgorithm):
         device = DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]
         opts = SegmentOptions(
             bands=tuple(bands) if bands else None, extent=extent,
-            tile_size=self._optional_int(parameters, self.TILE_SIZE, context),
-            overlap=self._optional_int(parameters, self.OVERLAP, context),
+            tile_size=self.optional_number(parameters, self.TILE_SIZE, context),
+            overlap=self.optional_number(parameters, self.OVERLAP, context),
             batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context), device=device,
             tta=self.parameterAsBool(parameters, self.TTA, context),
             min_area=self.parameterAsDouble(parameters, self.MIN_AREA, context),

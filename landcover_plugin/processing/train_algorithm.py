@@ -25,10 +25,8 @@ from qgis.core import (
     QgsWkbTypes,
 )
 
-from .algorithm import LandcoverAlgorithm
+from .algorithm import DEVICES, LandcoverAlgorithm
 from .dependencies import require_engine
-
-DEVICES = ["auto", "cpu", "cuda"]
 
 
 class TrainAlgorithm(LandcoverAlgorithm):
@@ -70,12 +68,7 @@ class TrainAlgorithm(LandcoverAlgorithm):
             "the starting model's beside the trained one's.</p>")
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        def add(param, help_text, advanced=False):
-            param.setHelp(help_text)
-            if advanced:
-                param.setFlags(param.flags() | param.FlagAdvanced)
-            self.addParameter(param)
-
+        add = self.add_parameter
         add(QgsProcessingParameterMultipleLayers(self.INPUT, "Imagery to learn from", QgsProcessing.TypeRaster),
             "One or more rasters (GDAL files) that the labels cover.")
         add(QgsProcessingParameterMapLayer(self.LABELS, "Labels (polygons, or a raster of class ids)",
@@ -120,14 +113,6 @@ class TrainAlgorithm(LandcoverAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.VAL_MIOU, "Validation mean IoU"))
         self.addOutput(QgsProcessingOutputNumber(self.INIT_VAL_MIOU, "Validation mean IoU of the starting model"))
 
-    def _optional(self, parameters, name, context, kind):
-        value = parameters.get(name)
-        if value is None or (isinstance(value, str) and not value.strip()):
-            return None
-        if kind is int:
-            return self.parameterAsInt(parameters, name, context)
-        return self.parameterAsDouble(parameters, name, context)
-
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         require_engine()
         from ..core.errors import Cancelled, LandcoverError
@@ -146,10 +131,10 @@ class TrainAlgorithm(LandcoverAlgorithm):
             from_scratch=self.parameterAsBool(parameters, self.FROM_SCRATCH, context),
             validation=self.parameterAsDouble(parameters, self.VALIDATION, context),
             max_minutes=self.parameterAsDouble(parameters, self.MAX_MINUTES, context),
-            epochs=self._optional(parameters, self.EPOCHS, context, int),
-            tile=self._optional(parameters, self.TILE_SIZE, context, int),
-            batch_size=self._optional(parameters, self.BATCH_SIZE, context, int),
-            lr=self._optional(parameters, self.LEARNING_RATE, context, float),
+            epochs=self.optional_number(parameters, self.EPOCHS, context, int),
+            tile=self.optional_number(parameters, self.TILE_SIZE, context, int),
+            batch_size=self.optional_number(parameters, self.BATCH_SIZE, context, int),
+            lr=self.optional_number(parameters, self.LEARNING_RATE, context, float),
             device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)], report_path=report,
             command="landcover:train")
         hooks = Hooks(log=feedback.pushInfo, progress=lambda f: feedback.setProgress(100.0 * f),
