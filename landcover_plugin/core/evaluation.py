@@ -34,19 +34,29 @@ def raster_classes(path: str) -> list[LandClass]:
     return out
 
 
+def labels_on_grid(path: str, shape, transform, crs, no_crs_message: str, nodata_ignored: bool = False) -> np.ndarray:
+    """A raster of class ids on a grid (shape, transform, CRS): as it is when it lies on that grid (or
+    neither has a CRS), else reprojected by nearest neighbour; InputError(no_crs_message) when it cannot
+    be aligned. nodata_ignored: the raster's own nodata value becomes 255 too."""
+    with rasterio.open(path) as ref:
+        if ref.shape == tuple(shape) and (ref.transform == transform or ref.crs is None or crs is None):
+            out = ref.read(1)
+        elif ref.crs is None or crs is None:
+            raise InputError(no_crs_message)
+        else:
+            out = np.full(shape, NODATA_CLASS, np.uint8)
+            reproject(rasterio.band(ref, 1), out, dst_transform=transform, dst_crs=crs, dst_nodata=NODATA_CLASS,
+                      resampling=Resampling.nearest)
+        if nodata_ignored and ref.nodata is not None and ref.nodata != NODATA_CLASS:
+            out[out == int(ref.nodata)] = NODATA_CLASS
+    return out
+
+
 def reference_on_grid(pred_ds, reference_path: str) -> np.ndarray:
     """A reference raster's class ids on the classified raster's grid (nearest neighbour when grids differ)."""
-    with rasterio.open(reference_path) as ref:
-        if ref.shape == pred_ds.shape and (ref.transform == pred_ds.transform or ref.crs is None
-                                           or pred_ds.crs is None):
-            return ref.read(1)
-        if ref.crs is None or pred_ds.crs is None:
-            raise InputError("The reference raster has another size than the classified raster and no CRS to "
-                             "align them; give a reference on the same grid.")
-        out = np.full(pred_ds.shape, NODATA_CLASS, np.uint8)
-        reproject(rasterio.band(ref, 1), out, dst_transform=pred_ds.transform, dst_crs=pred_ds.crs,
-                  dst_nodata=NODATA_CLASS, resampling=Resampling.nearest)
-        return out
+    return labels_on_grid(reference_path, pred_ds.shape, pred_ds.transform, pred_ds.crs,
+                          "The reference raster has another size than the classified raster and no CRS to align "
+                          "them; give a reference on the same grid.")
 
 
 def evaluate_classification(pred_path: str, reference: np.ndarray | str, classes: list[LandClass],

@@ -13,10 +13,14 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import rasterio
+from rasterio.enums import Resampling
 
 from .class_table import class_table
 from .classes import NODATA_CLASS
 from .errors import Cancelled, InputError
+from .evaluation import labels_on_grid, raster_classes
+from .geo import ground_geometry
 from .label_split import spatial_split
 from .train_data import Labelled, class_values, rasterize_on_grid
 
@@ -68,25 +72,20 @@ class JobResult:
     train: object  # the trainer's TrainResult
 
 
-def _rasterio():
-    import rasterio
-
-    return rasterio
+def _gsd(ds) -> float | None:
+    return ground_geometry(ds.crs, ds.transform, ds.height, ds.width).gsd
 
 
 def raster_gsd(path: str) -> float | None:
     """Ground sampling distance of a raster in metres, None without a CRS."""
-    from .geo import ground_geometry
-
-    with _rasterio().open(path) as ds:
-        return ground_geometry(ds.crs, ds.transform, ds.height, ds.width).gsd
+    with rasterio.open(path) as ds:
+        return _gsd(ds)
 
 
 def check_rasters(paths: list[str], bands) -> None:
     """Every raster opens and has the bands asked for (cheap: headers only)."""
     if not paths:
         raise InputError("Give at least one raster to learn from.")
-    rasterio = _rasterio()
     for p in paths:
         try:
             with rasterio.open(p) as ds:
@@ -106,7 +105,6 @@ def label_classes(labels: Labels, init_classes=()):
             raise InputError("Polygon labels need a class field: the field holding class ids or names.")
         values = class_values(labels.vector, labels.field, labels.layer)
         return class_table(values, init_classes, labels.styled, f"the field {labels.field!r}")
-    rasterio = _rasterio()
     with rasterio.open(labels.raster) as ds:
         ids = set()
         for _, win in ds.block_windows(1):
@@ -115,15 +113,9 @@ def label_classes(labels: Labels, init_classes=()):
         if ds.nodata is not None:
             ids.discard(int(ds.nodata))
     styled = dict(labels.styled or {})
-    for c in _raster_categories(labels.raster):
+    for c in raster_classes(labels.raster):
         styled.setdefault(str(c.id), (c.name, c.color))
     return class_table(sorted(int(i) for i in ids), init_classes, styled, "the label raster")
-
-
-def _raster_categories(path: str):
-    from .evaluation import raster_classes
-
-    return raster_classes(path)
 
 
 def target_gsd(paths: list[str], model_gsd: float | None) -> float | None:
@@ -141,11 +133,8 @@ def read_labelled(path: str, labels: Labels, classes, bands, gsd: float | None, 
 
     Pixels the raster masks (nodata, alpha) are unlabelled.
     """
-    rasterio = _rasterio()
-    from rasterio.enums import Resampling
-
     with rasterio.open(path) as ds:
-        native = raster_gsd(path)
+        native = _gsd(ds)
         scale = native / gsd if gsd and native and abs(native / gsd - 1) > GSD_TOLERANCE else 1.0
         shape = (max(1, round(ds.height * scale)), max(1, round(ds.width * scale)))
         image = ds.read(list(bands), out_shape=(len(bands), *shape), resampling=Resampling.bilinear) \
@@ -164,23 +153,9 @@ def read_labelled(path: str, labels: Labels, classes, bands, gsd: float | None, 
 
 def label_raster_on_grid(path: str, shape, transform, crs) -> np.ndarray:
     """A raster of class ids on another grid (nearest neighbour); its nodata becomes 255."""
-    rasterio = _rasterio()
-    from rasterio.enums import Resampling
-    from rasterio.warp import reproject
-
-    with rasterio.open(path) as ref:
-        if ref.shape == tuple(shape) and (ref.transform == transform or ref.crs is None or crs is None):
-            mask = ref.read(1).astype(np.uint8)
-        elif ref.crs is None or crs is None:
-            raise InputError(f"The label raster {os.path.basename(path)} has another size than the imagery and no "
-                             "CRS to align them; give labels on the imagery's grid.")
-        else:
-            mask = np.full(shape, NODATA_CLASS, np.uint8)
-            reproject(rasterio.band(ref, 1), mask, dst_transform=transform, dst_crs=crs, dst_nodata=NODATA_CLASS,
-                      resampling=Resampling.nearest)
-        if ref.nodata is not None and ref.nodata != NODATA_CLASS:
-            mask[mask == int(ref.nodata)] = NODATA_CLASS
-    return mask
+    return labels_on_grid(path, shape, transform, crs,
+                          f"The label raster {os.path.basename(path)} has another size than the imagery and no CRS "
+                          "to align them; give labels on the imagery's grid.", nodata_ignored=True).astype(np.uint8)
 
 
 def _unique_names(paths):
