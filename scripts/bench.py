@@ -374,7 +374,7 @@ def run_bench(argv) -> int:
     src.add_argument("--size", type=int, default=2048, help="an N x N three-band raster made on the fly")
     src.add_argument("--input", help="a real raster instead")
     mdl = p.add_mutually_exclusive_group()
-    mdl.add_argument("--model", help="model file (default: the bundled model)")
+    mdl.add_argument("--model", help="model file or bundled model name (default: the bundled land-cover model)")
     mdl.add_argument("--base-channels", type=int, help="a random-weight U-Net of this base width instead")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--precision", default="auto", choices=("auto", "fp32"))

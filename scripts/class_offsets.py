@@ -25,7 +25,7 @@ def parse_args(argv=None):
     p.add_argument("fit_masks")
     p.add_argument("test_images")
     p.add_argument("test_masks")
-    p.add_argument("--model", help="model file (default: the bundled model)")
+    p.add_argument("--model", help="model file or bundled model name (default: the bundled land-cover model)")
     p.add_argument("--stride", type=int, default=3, help="use every STRIDE-th pixel in each direction (default 3)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--json", action="store_true", help="end with one line of JSON")

@@ -20,7 +20,7 @@ import _common
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    p.add_argument("--model", help="model file (default: the bundled model)")
+    p.add_argument("--model", help="model file or bundled model name (default: the bundled land-cover model)")
     p.add_argument("--out", required=True, help="ONNX file to write")
     p.add_argument("--tile-size", type=int, help="fixed input size (default: the model's tile size)")
     p.add_argument("--opset", type=int, default=17)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Classify a raster with the engine, without QGIS: class raster, confidence, polygons, area table.
 
-    python scripts/segment.py INPUT OUTPUT_DIR [--model FILE] [--min-area M2] [--simplify M]
+    python scripts/segment.py INPUT OUTPUT_DIR [--model FILE|NAME] [--min-area M2] [--simplify M]
 """
 from __future__ import annotations
 
@@ -16,15 +16,16 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     p.add_argument("input", help="raster to classify")
     p.add_argument("output_dir", help="folder for classes.tif, confidence.tif, landcover.gpkg, areas.csv")
-    p.add_argument("--model", help="model file (default: the bundled model)")
+    p.add_argument("--model", help="model file, or a bundled model's name, e.g. buildings_osm (default: the "
+                   "bundled land-cover model)")
     p.add_argument("--bands", type=int, nargs="+")
     p.add_argument("--tile-size", type=int)
     p.add_argument("--overlap", type=int)
     p.add_argument("--batch-size", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--tta", action="store_true")
-    p.add_argument("--min-area", type=float, default=0.0, help="smallest region kept, square ground units")
-    p.add_argument("--simplify", type=float, default=0.0, help="polygon simplification tolerance, map units")
+    p.add_argument("--min-area", type=float, help="smallest region kept, square ground units (default: the model's)")
+    p.add_argument("--simplify", type=float, help="polygon simplification tolerance, map units (default: the model's)")
     p.add_argument("--no-polygons", action="store_true")
     p.add_argument("--json", action="store_true", help="end with one line of JSON")
     return p.parse_args(argv)

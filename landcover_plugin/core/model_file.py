@@ -22,6 +22,21 @@ _MAX_HEADER = 100 * 1024 * 1024
 
 
 @dataclass(frozen=True)
+class PolygonDefaults:
+    """What the model's polygons should be unless the user says otherwise: a buildings model
+    outlines buildings only, drops specks and straightens edges; a land-cover model keeps
+    every class and every pixel's outline."""
+
+    classes: tuple[int, ...] | None = None  # class ids polygonized; None: all
+    min_area_m2: float = 0.0
+    simplify_m: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"classes": list(self.classes) if self.classes is not None else None,
+                "min_area_m2": self.min_area_m2, "simplify_m": self.simplify_m}
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """Everything the engine needs to know about a model besides its weights."""
 
@@ -37,6 +52,7 @@ class ModelSpec:
     overlap: int = 64
     training: dict = field(default_factory=dict)
     name: str = "land-cover U-Net"
+    polygons: PolygonDefaults = field(default_factory=lambda: PolygonDefaults())
 
     @property
     def in_channels(self) -> int:
@@ -66,6 +82,7 @@ class ModelSpec:
             "tile_size": self.tile_size,
             "overlap": self.overlap,
             "training": self.training,
+            "polygons": self.polygons.to_dict(),
         }
 
     @classmethod
@@ -250,23 +267,75 @@ def _parse_spec(doc, where: str = "model file") -> ModelSpec:
     name = doc.get("name") if isinstance(doc.get("name"), str) else "land-cover U-Net"
     return ModelSpec(classes=classes, bands=tuple(bands), mean=mean, std=std, base_width=base, depth=depth,
                      gsd=float(gsd) if gsd is not None else None, tile_size=tile, overlap=overlap,
-                     training=training, name=name)
+                     training=training, name=name, polygons=_parse_polygons(doc.get("polygons"), classes))
+
+
+def _parse_polygons(doc, classes) -> PolygonDefaults:
+    if doc is None:
+        return PolygonDefaults()
+    if not isinstance(doc, dict):
+        raise ModelFileError("The model metadata's polygons section must be an object.")
+    ids = doc.get("classes")
+    known = {c.id for c in classes}
+    if ids is not None and (not isinstance(ids, list) or not ids or not set(ids) <= known):
+        raise ModelFileError(f"The model metadata's polygons.classes must list class ids of the model "
+                             f"({sorted(known)}) or be null.")
+    values = []
+    for key in ("min_area_m2", "simplify_m"):
+        v = doc.get(key, 0.0)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v < 1e9:
+            raise ModelFileError(f"The model metadata's polygons.{key} must be a number >= 0.")
+        values.append(float(v))
+    return PolygonDefaults(tuple(ids) if ids is not None else None, *values)
 
 
 DEFAULT_MODEL_NAME = "landcover_default.safetensors"
+MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")
 
 
 def default_model_path() -> str:
     """Where the bundled default model lives inside the plugin."""
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", DEFAULT_MODEL_NAME)
+    return os.path.join(MODELS_DIR, DEFAULT_MODEL_NAME)
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    key: str  # the file's stem: what scripts and qgis_process take
+    name: str  # the model's own name, offered in the toolbox
+    path: str
+
+
+def bundled_models() -> list[BundledModel]:
+    """The models shipped in the plugin's models/ folder, the default first; unreadable files are left out."""
+    found = []
+    if os.path.isdir(MODELS_DIR):
+        for f in sorted(os.listdir(MODELS_DIR), key=lambda f: (f != DEFAULT_MODEL_NAME, f)):
+            if f.endswith(".safetensors"):
+                path = os.path.join(MODELS_DIR, f)
+                try:
+                    found.append(BundledModel(f[:-len(".safetensors")], read_spec(path).name, path))
+                except ModelFileError:
+                    continue
+    return found
+
+
+def find_bundled(value: str) -> BundledModel | None:
+    """The bundled model whose key or name is `value` (case and surrounding spaces ignored)."""
+    wanted = value.strip().casefold()
+    return next((m for m in bundled_models() if wanted in (m.key.casefold(), m.name.casefold())), None)
 
 
 def resolve_model_path(path: str | None) -> str:
-    """The given model file, or the bundled default; ModelFileError when there is none."""
+    """A model file, a bundled model's key or name, or None for the bundled default; ModelFileError else."""
     if path:
-        if not os.path.isfile(path):
-            raise ModelFileError(f"The model file {path} does not exist.")
-        return path
+        if os.path.isfile(path):
+            return path
+        bundled = find_bundled(path)
+        if bundled is not None:
+            return bundled.path
+        names = ", ".join(f"{m.key} ({m.name})" for m in bundled_models()) or "none"
+        raise ModelFileError(f"The model file {path} does not exist, and no bundled model has that name "
+                             f"(bundled: {names}).")
     default = default_model_path()
     if not os.path.isfile(default):
         raise ModelFileError("No bundled default model is installed; give a model file "

@@ -38,8 +38,8 @@ class SegmentOptions:
     device: str = "auto"
     precision: str = "auto"  # "auto": bf16 where the device runs it fast; "fp32": full precision
     tta: bool = False
-    min_area: float = 0.0  # square ground units; smaller regions join their neighbours
-    simplify: float = 0.0  # polygon simplification tolerance in map units
+    min_area: float | None = None  # square ground units; smaller regions join their neighbours; None: the model's
+    simplify: float | None = None  # polygon simplification tolerance in map units; None: the model's
 
 
 @dataclass
@@ -61,6 +61,8 @@ class SegmentResult:
     warnings: list = field(default_factory=list)
     area_units: str = "m"  # "m" (areas in m2) or "pixels" without georeferencing
     stages: dict = field(default_factory=dict)  # seconds per stage (see Stopwatch use below)
+    min_area: float = 0.0  # as applied: square ground units
+    simplify: float = 0.0  # as applied: map units
 
     @property
     def megapixels(self) -> float:
@@ -74,6 +76,25 @@ class SegmentResult:
 Progress = Callable[[float], None]
 Cancel = Callable[[], bool]
 Log = Callable[[str], None]
+
+
+def polygon_settings(opts: SegmentOptions, spec: ModelSpec, geometry, class_path: str) -> tuple[float, float]:
+    """(minimum area in square ground units, simplification in map units): the options where given, else
+    the model's defaults, which are in metres and become the raster's units here. A raster without
+    georeferencing is taken to be at the model's ground resolution, as it is classified unresampled."""
+    min_area, simplify = opts.min_area, opts.simplify
+    if min_area is not None and simplify is not None:
+        return min_area, simplify
+    metres_per_px = geometry.gsd or spec.gsd
+    with rasterio.open(class_path) as ds:
+        map_units_per_px = abs(ds.transform.a)
+    if min_area is None:
+        m2 = spec.polygons.min_area_m2
+        min_area = m2 if geometry.units != "pixels" else m2 / metres_per_px ** 2 if metres_per_px else 0.0
+    if simplify is None:
+        m = spec.polygons.simplify_m
+        simplify = m / metres_per_px * map_units_per_px if metres_per_px else 0.0
+    return min_area, simplify
 
 
 def segment(input_path: str, class_path: str, model=None, confidence_path: str | None = None,
@@ -114,9 +135,10 @@ def segment(input_path: str, class_path: str, model=None, confidence_path: str |
         from .areas import class_areas
         from .vectorize import sieve
 
-        if opts.min_area > 0:
+        min_area, simplify = polygon_settings(opts, spec, job.geometry, tmp_class)
+        if min_area > 0:
             with job.watch.stage("sieve"):
-                sieve(tmp_class, job.geometry.pixels_for_area(opts.min_area))
+                sieve(tmp_class, job.geometry.pixels_for_area(min_area))
         if want_polygons:
             from .vectorize import regions, write_gpkg
 
@@ -127,10 +149,11 @@ def segment(input_path: str, class_path: str, model=None, confidence_path: str |
                 def polygon_writer(records):
                     return write_gpkg(tmp_vec, records, wkt)
 
+            keep = spec.polygons.classes
             with job.watch.stage("vectorize"), regions(tmp_class, tmp_conf, spec.classes, job.geometry,
-                                                       opts.simplify, cancel,
+                                                       simplify, cancel,
                                                        lambda f: progress(share + (1 - share) * f)) as records:
-                polygon_writer(records)
+                polygon_writer(records if keep is None else (r for r in records if r.class_id in keep))
         with job.watch.stage("areas"):
             areas = class_areas(tmp_class, spec.classes, job.geometry)
         if cancel():
@@ -142,7 +165,7 @@ def segment(input_path: str, class_path: str, model=None, confidence_path: str |
     progress(1.0)
     result = SegmentResult(class_path, confidence_path, vector_path, spec, device, batch, job.tile, job.overlap,
                            job.scale, job.region.width, job.region.height, time.perf_counter() - start, infer_s,
-                           areas, job.warnings, job.geometry.units, job.stage_seconds())
+                           areas, job.warnings, job.geometry.units, job.stage_seconds(), min_area, simplify)
     log(f"Classified {result.megapixels:.2f} MP in {infer_s:.1f} s on {device}: {result.mp_per_s:.2f} MP/s "
         f"(batch {batch}, tile {job.tile}, overlap {job.overlap}); whole job {result.seconds:.1f} s.")
     return result

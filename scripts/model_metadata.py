@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""Show or change a model file's metadata in place; the weights are copied unchanged.
+
+    python scripts/model_metadata.py MODEL                       # print the metadata
+    python scripts/model_metadata.py MODEL --name "Buildings (OpenStreetMap)" \\
+        --polygon-classes 1 --min-area 4 --simplify 0.5 --training data="..."
+
+--min-area and --simplify are the defaults landcover:segment applies when the user leaves
+MIN_AREA and SIMPLIFY empty, in square metres and metres on the ground.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import replace
+
+import _common
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    p.add_argument("model", help="model file or bundled model name")
+    p.add_argument("--name")
+    p.add_argument("--polygon-classes", type=int, nargs="+", help="class ids outlined as polygons (default: all)")
+    p.add_argument("--min-area", type=float, help="default smallest region, m²")
+    p.add_argument("--simplify", type=float, help="default simplification tolerance, m")
+    p.add_argument("--training", action="append", default=[], metavar="KEY=VALUE",
+                   help="set training.KEY to VALUE (JSON, else the text)")
+    return p.parse_args(argv)
+
+
+def _value(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    _common.setup()
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from landcover_plugin.core.errors import InputError
+    from landcover_plugin.core.model_file import METADATA_KEY, PolygonDefaults, read_spec, resolve_model_path
+
+    path = resolve_model_path(args.model)
+    spec = read_spec(path)
+    changes = {}
+    if args.name:
+        changes["name"] = args.name
+    if args.polygon_classes or args.min_area is not None or args.simplify is not None:
+        old = spec.polygons
+        changes["polygons"] = PolygonDefaults(
+            tuple(args.polygon_classes) if args.polygon_classes else old.classes,
+            old.min_area_m2 if args.min_area is None else args.min_area,
+            old.simplify_m if args.simplify is None else args.simplify)
+    for item in args.training:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise InputError(f"--training takes KEY=VALUE, not {item!r}.")
+        spec = spec.with_training(**{key: _value(text)})
+    if not changes and not args.training:
+        print(json.dumps(spec.to_dict(), indent=1))
+        return 0
+    spec = replace(spec, **changes)
+    doc = spec.to_dict()
+    type(spec).from_dict(doc)  # refuse to write what the engine would refuse to read
+    with safe_open(path, "pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(doc)})
+        os.chmod(tmp, os.stat(path).st_mode & 0o777)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    print(f"updated {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    _common.run_main(main)
