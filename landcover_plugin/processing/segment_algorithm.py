@@ -30,20 +30,36 @@ from .algorithm import DEVICES, LandcoverAlgorithm
 from .dependencies import require_engine
 
 
-def _default_model_summary() -> str:
-    """The bundled model's name, classes and defaults for the help text (read from its metadata only)."""
+def _bundled_models_summary() -> str:
+    """The bundled models' names, classes and defaults for the help text (read from their metadata only)."""
     try:
-        from ..core.model_file import default_model_path, read_spec
+        from ..core.model_file import bundled_models, read_spec
 
-        spec = read_spec(default_model_path())
-    except Exception as exc:  # no model bundled, or unreadable: say so in the help
+        models = [(m, read_spec(m.path)) for m in bundled_models()]
+    except Exception as exc:  # unreadable: say so in the help
         return f"<p>No usable bundled model ({exc}); choose a model file.</p>"
-    classes = ", ".join(f"{c.id} {c.name}" for c in spec.classes)
-    miou = spec.training.get("engine_evaluation", {}).get("miou")
-    quality = f" Held-out mean IoU {miou:.2f}." if miou is not None else ""
-    return (f"<p>The bundled model is <i>{spec.name}</i>: classes {classes}; bands "
-            f"{', '.join(map(str, spec.bands))}; tile {spec.tile_size}, overlap {spec.overlap} pixels; "
-            f"ground resolution {spec.gsd or 'not declared'}.{quality} See its MODEL_CARD.md.</p>")
+    if not models:
+        return "<p>No bundled model is installed; choose a model file.</p>"
+    items = []
+    for m, spec in models:
+        classes = ", ".join(f"{c.id} {c.name}" for c in spec.classes)
+        miou = spec.training.get("engine_evaluation", {}).get("miou")
+        quality = f"; held-out mean IoU {miou:.2f}" if miou is not None else ""
+        items.append(f"<li><i>{spec.name}</i> (<tt>{m.key}</tt>): classes {classes}; tile {spec.tile_size}, "
+                     f"overlap {spec.overlap} pixels; ground resolution "
+                     f"{f'{spec.gsd} m' if spec.gsd else 'not declared'}{quality}. Card: models/{m.key}.md</li>")
+    return ("<p><b>Model</b>: a bundled model, picked by its name (or its short name from <tt>qgis_process</tt>, "
+            "e.g. <tt>MODEL=buildings_osm</tt>), or a .safetensors model file; empty for the first:</p>"
+            f"<ul>{''.join(items)}</ul>")
+
+
+def _model_widget_metadata() -> dict:
+    """The drop-down of bundled models for MODEL where Processing's Python widgets exist, else QGIS's file widget."""
+    try:
+        from . import model_widget
+    except Exception:  # no Processing GUI (or one without the Python wrappers): a plain file parameter
+        return {}
+    return {"widget_wrapper": {"class": model_widget.ModelWidgetWrapper}}
 
 
 class SegmentAlgorithm(LandcoverAlgorithm):
@@ -74,7 +90,7 @@ class SegmentAlgorithm(LandcoverAlgorithm):
             "<p>Classifies every pixel of a raster into land-cover classes with a U-Net, sliding "
             "overlapping windows over the image at full resolution and blending their class "
             "probabilities, on the GPU when there is one.</p>"
-            + _default_model_summary() +
+            + _bundled_models_summary() +
             "<p><b>Outputs</b>: a class raster (class ids, byte, nodata 255, same CRS and grid as the input "
             "or the extent; styled with the class names and colours, a .qml beside it); optional polygons "
             "of each connected region of a class with fields class_id, class_name, area (m², or pixels "
@@ -87,9 +103,11 @@ class SegmentAlgorithm(LandcoverAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802
         add = self.add_parameter
         add(QgsProcessingParameterRasterLayer(self.INPUT, "Input raster"), "The image to classify.")
-        add(QgsProcessingParameterFile(self.MODEL, "Model file (empty: the bundled model)", extension="safetensors",
-                                       optional=True),
-            "A .safetensors model file made by the training script; empty for the bundled default model.")
+        model = QgsProcessingParameterFile(self.MODEL, "Model (a bundled model, or a model file)", optional=True,
+                                           fileFilter="Model files (*.safetensors);;All files (*)")
+        model.setMetadata(_model_widget_metadata())
+        add(model, "A bundled model by name (land cover, buildings...) or a .safetensors model file made by the "
+                   "training script; empty for the bundled land-cover model.")
         add(QgsProcessingParameterBand(self.BANDS, "Bands, in the order the model expects (empty: the model's)",
                                        None, self.INPUT, optional=True, allowMultiple=True),
             "Input bands fed to the model, in order; empty for the model's own (usually 1, 2, 3).")
@@ -109,12 +127,14 @@ class SegmentAlgorithm(LandcoverAlgorithm):
             "auto: the CUDA GPU when PyTorch sees one, else the CPU.")
         add(QgsProcessingParameterBoolean(self.TTA, "Test-time augmentation (8x slower)", defaultValue=False),
             "Average the predictions of the 8 flips and quarter turns of every window.", advanced=True)
-        add(QgsProcessingParameterNumber(self.MIN_AREA, "Minimum region area (square ground units)",
-                                         QgsProcessingParameterNumber.Double, 0.0, False, 0.0),
-            "Regions smaller than this (m² where the CRS has ground units) join their largest neighbour.")
-        add(QgsProcessingParameterNumber(self.SIMPLIFY, "Polygon simplification tolerance (map units, 0: none)",
-                                         QgsProcessingParameterNumber.Double, 0.0, False, 0.0),
-            "Simplifies each edge shared by two polygons once, so neighbours keep sharing their boundaries.")
+        add(QgsProcessingParameterNumber(self.MIN_AREA, "Minimum region area (square ground units; empty: the model's)",
+                                         QgsProcessingParameterNumber.Double, None, True, 0.0),
+            "Regions smaller than this (m² where the CRS has ground units) join their largest neighbour. Empty: "
+            "the model's default (0 for land cover, a few m² for buildings).")
+        add(QgsProcessingParameterNumber(self.SIMPLIFY, "Polygon simplification tolerance (map units, 0: none; "
+                                         "empty: the model's)", QgsProcessingParameterNumber.Double, None, True, 0.0),
+            "Simplifies each edge shared by two polygons once, so neighbours keep sharing their boundaries. "
+            "Empty: the model's default (none for land cover, straight building outlines for buildings).")
         add(QgsProcessingParameterRasterDestination(self.OUTPUT_RASTER, "Land-cover classes"),
             "Class ids, byte, nodata 255, styled with the class names and colours.")
         add(QgsProcessingParameterFeatureSink(self.OUTPUT_VECTOR, "Land-cover polygons",
@@ -128,6 +148,20 @@ class SegmentAlgorithm(LandcoverAlgorithm):
                                                   "HTML files (*.html);;CSV files (*.csv)", optional=True,
                                                   createByDefault=False),
             "Area and share of each class, as an HTML page with a chart or a CSV table.")
+
+    def checkParameterValues(self, parameters, context):  # noqa: N802
+        ok, message = super().checkParameterValues(parameters, context)
+        if not ok:
+            return ok, message
+        model = self.parameterAsFile(parameters, self.MODEL, context)
+        try:  # a file header or a name: no torch needed
+            from ..core.errors import LandcoverError
+            from ..core.model_file import read_spec, resolve_model_path
+
+            read_spec(resolve_model_path(model or None))
+        except LandcoverError as exc:
+            return False, str(exc)
+        return True, ""
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         require_engine()
@@ -156,8 +190,8 @@ class SegmentAlgorithm(LandcoverAlgorithm):
             overlap=self.optional_number(parameters, self.OVERLAP, context),
             batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context), device=device,
             tta=self.parameterAsBool(parameters, self.TTA, context),
-            min_area=self.parameterAsDouble(parameters, self.MIN_AREA, context),
-            simplify=self.parameterAsDouble(parameters, self.SIMPLIFY, context))
+            min_area=self.optional_number(parameters, self.MIN_AREA, context, float),
+            simplify=self.optional_number(parameters, self.SIMPLIFY, context, float))
         raster_out = self.parameterAsOutputLayer(parameters, self.OUTPUT_RASTER, context)
         conf_out = self.parameterAsOutputLayer(parameters, self.OUTPUT_CONFIDENCE, context) or None
         report_out = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context) or None
@@ -204,19 +238,18 @@ class SegmentAlgorithm(LandcoverAlgorithm):
         style_class_raster(raster_out, spec.classes)
         details = {"model": spec.name, "model file": model_path or "bundled default", "input": source,
                    "device": result.device, "batch size": result.batch_size, "tile size": result.tile_size,
-                   "overlap": result.overlap, "test-time augmentation": opts.tta, "minimum area": opts.min_area,
-                   "simplification": opts.simplify, "seconds": round(duration, 1),
+                   "overlap": result.overlap, "test-time augmentation": opts.tta, "minimum area": result.min_area,
+                   "simplification": result.simplify, "seconds": round(duration, 1),
                    "megapixels per second": round(result.mp_per_s, 3)}
-        for out_id in filter(None, (raster_out, vector_id, conf_out)):
-            if context.willLoadLayerOnCompletion(out_id):
-                styler = ClassStyler(spec.classes, details) if out_id != conf_out else None
-                if styler is not None:
-                    context.layerToLoadOnCompletionDetails(out_id).setPostProcessor(styler)
+        outlined = [c for c in spec.classes if spec.polygons.classes is None or c.id in spec.polygons.classes]
+        for out_id, classes in ((raster_out, spec.classes), (vector_id, outlined)):
+            if out_id and context.willLoadLayerOnCompletion(out_id):
+                context.layerToLoadOnCompletionDetails(out_id).setPostProcessor(ClassStyler(classes, details))
         if vector_id:
             del sink  # flush the file before styling it
             saved = QgsVectorLayer(vector_id, "polygons", "ogr")
             if saved.isValid():
-                style_polygons(saved, spec.classes)
+                style_polygons(saved, outlined)
         if report_out:
             write_area_report(report_out, result.areas, result.area_units, f"Land cover: {layer.name()}", details)
         for w in result.warnings:

@@ -52,7 +52,7 @@ def test_provider_and_algorithms_are_registered(provider):
     assert [p.name() for p in seg.parameterDefinitions()] == SEGMENT_PARAMS
     defaults = {p.name(): p.defaultValue() for p in seg.parameterDefinitions()}
     assert defaults["DEVICE"] == 0 and defaults["TTA"] is False and defaults["BATCH_SIZE"] == 0
-    assert defaults["TILE_SIZE"] is None and defaults["OVERLAP"] is None and defaults["MIN_AREA"] == 0
+    assert defaults["TILE_SIZE"] is None and defaults["OVERLAP"] is None and defaults["MIN_AREA"] is None
     assert all(p.help() for p in seg.parameterDefinitions())
     assert "bundled model" in seg.shortHelpString() and "road" in seg.shortHelpString()
     assert {o.name() for o in ev.outputDefinitions()} >= {"MIOU", "OVERALL_ACCURACY", "IOU"}
