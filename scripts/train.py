@@ -58,6 +58,11 @@ def parse_args(argv=None):
                    "on the training imagery first (fine-tuning: on)")
     p.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, help="keep batch-norm statistics fixed "
                    "(fine-tuning: on)")
+    p.add_argument("--fit-head", action=argparse.BooleanOptionalAction, default=None,
+                   help="fit the classifier head to the labels by logistic regression first (fine-tuning: on)")
+    p.add_argument("--average-last", type=int, default=0, metavar="N",
+                   help="also score the mean of the last N epochs' weights and keep it where it is better "
+                   "(without validation: always)")
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--warmup-epochs", type=float, help="1 (fine-tuning: 0.5); at most a tenth of all steps")
     p.add_argument("--passes", type=float, default=1.0, help="windows per epoch, in multiples of the training pixels")
@@ -86,15 +91,15 @@ def _config(args, cuda: bool, extra: dict):
 
     given = dict(tile=args.tile, batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs,
                  encoder_lr_factor=args.encoder_lr_factor, head_lr_factor=args.head_lr_factor,
-                 adapt_bn=args.adapt_bn, freeze_bn=args.freeze_bn,
+                 adapt_bn=args.adapt_bn, freeze_bn=args.freeze_bn, fit_head=args.fit_head,
                  epochs=None if args.epochs == 0 else args.epochs)
     if args.epochs == 0 and not args.max_minutes:
         from landcover_plugin.core.errors import InputError
 
         raise InputError("--epochs 0 (as many as fit) needs --max-minutes.")
     if args.init:
-        cfg = fine_tuning_config(cuda, **{k: v for k, v in given.items() if v is not None}, workers=args.workers,
-                                 max_val_pixels=None)
+        cfg = fine_tuning_config(cuda, **{k: v for k, v in given.items() if v is not None}, workers=args.workers)
+        cfg.max_val_pixels = None  # the command line names its validation files: score them all
         if args.epochs is None and not args.max_minutes:
             cfg.epochs = 10
     else:
@@ -103,7 +108,7 @@ def _config(args, cuda: bool, extra: dict):
         cfg.epochs = None
     for key in ("infer_tile", "infer_overlap", "base_width", "depth", "weight_decay", "passes", "rare_fraction",
                 "scale_jitter", "color_jitter", "loss", "class_weight_power", "seed", "workers", "device",
-                "half_weights", "max_minutes", "name", "init"):
+                "half_weights", "max_minutes", "name", "init", "average_last"):
         if getattr(args, key) is not None or key in ("gsd", "max_minutes", "init"):
             setattr(cfg, key, getattr(args, key))
     cfg.gsd = args.gsd if args.gsd is not None else cfg.gsd

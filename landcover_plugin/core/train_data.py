@@ -86,10 +86,13 @@ def split(items: list[Labelled], val_pattern: str | None, val_fraction: float, s
         rx = re.compile(val_pattern)
         val = [s for s in items if rx.search(s.name)]
         train = [s for s in items if not rx.search(s.name)]
+        if not val:
+            raise InputError(f"--val-pattern {val_pattern!r} matches none of the {len(items)} image names "
+                             f"(e.g. {items[0].name!r}); it is searched in names without folder or extension.")
     else:
         names = sorted(s.name for s in items)
         rng = np.random.default_rng(seed)
-        k = max(1, round(len(names) * val_fraction)) if len(names) > 1 else 0
+        k = max(1, round(len(names) * val_fraction)) if len(names) > 1 and val_fraction > 0 else 0
         chosen = set(rng.choice(names, size=k, replace=False).tolist()) if k else set()
         val = [s for s in items if s.name in chosen]
         train = [s for s in items if s.name not in chosen]

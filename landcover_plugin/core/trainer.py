@@ -73,6 +73,7 @@ class TrainConfig:
     fit_head: bool = False  # fit the classifier head to the labels on fixed features before training
     freeze_bn: bool = False  # keep batch-norm statistics fixed while training
     max_val_pixels: int | None = None  # score at most this many pixels of validation imagery per epoch
+    average_last: int = 0  # also try the mean of the weights of the last this many epochs (checkpoint averaging)
     extra: dict = field(default_factory=dict)
 
 
@@ -365,6 +366,9 @@ class _Run:
         self.spec = ModelSpec(classes=tuple(classes), bands=tuple(bands), mean=tuple(mean), std=tuple(std),
                               base_width=cfg.base_width, depth=cfg.depth, tile_size=cfg.infer_tile,
                               overlap=cfg.infer_overlap, gsd=cfg.gsd, name=cfg.name)
+        outlined = self.start[1].polygons.classes if self.start else None
+        if self.start and (outlined is None or set(outlined) <= set(self.ids)):
+            self.spec = replace(self.spec, polygons=self.start[1].polygons)  # a buildings model stays one
         freq = class_frequencies(train_items, self.ids)
         weights = class_weights(freq, cfg.class_weight_power)
         self.log(f"classes {self.names}; labelled training pixels per class {np.round(freq, 4).tolist()}; "
@@ -402,6 +406,7 @@ class _Run:
         self.std_t = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
 
         self.history, self.best, self.best_epoch, self.best_state, self.best_row = [], float("-inf"), None, None, None
+        self.averaged, self.averaged_epochs = None, []
         self.best_matrix = self.init_matrix = self.init_row = None
         self.step, self.epochs_done, self.cancelled = 0, 0, False
         self.step_s = self.val_s = None
@@ -554,6 +559,8 @@ class _Run:
             self.log(" ".join(f"{k}={v}" for k, v in row.items()))
             if self._keep_if_best(epoch + 1, metric, matrix, row, write=True):
                 self.log(f"saved {self.out_path} (best so far)")
+            if self.cfg.average_last and epoch + 1 > self.plan.epochs - self.cfg.average_last:
+                self._add_to_average(epoch + 1)
             if self.log_dir:
                 _write_csv(os.path.join(self.log_dir, "epochs.csv"), self.history)
                 torch.save({"model": self.net.state_dict(), "optimizer": self.opt.state_dict(),
@@ -644,9 +651,41 @@ class _Run:
             return False
         return time.perf_counter() - self.t_start > self.cfg.max_minutes * 60 * 0.98
 
+    def _add_to_average(self, epoch: int) -> None:
+        state = {k: v.detach().to("cpu", torch.float64, copy=True) for k, v in self.net.state_dict().items()
+                 if v.is_floating_point()}
+        if self.averaged is None:
+            self.averaged = state
+        else:
+            for k, v in state.items():
+                self.averaged[k] += v
+        self.averaged_epochs.append(epoch)
+
+    def _try_average(self) -> None:
+        """The mean of the last epochs' weights, kept where it validates better than every single epoch (or,
+        without validation, always: averaging is then the recipe's choice)."""
+        n = len(self.averaged_epochs)
+        if n < 2 or self.cancelled:
+            return
+        state = self.net.state_dict()
+        self.net.load_state_dict({k: (self.averaged[k] / n).to(state[k].dtype) if k in self.averaged else v
+                                  for k, v in state.items()})
+        label = f"mean of epochs {self.averaged_epochs[0]}-{self.averaged_epochs[-1]}"
+        row = {"epoch": f"avg{self.averaged_epochs[0]}-{self.averaged_epochs[-1]}", "train_loss": float("nan"),
+               "lr": 0.0, "seconds": 0.0}
+        if self.val:
+            matrix, metric = self._validate(row)
+            self.history.append(row)
+            self.log(" ".join(f"{k}={v}" for k, v in row.items()) + f" ({label})")
+        else:
+            matrix, metric = None, float("inf")
+        if self._keep_if_best(self.averaged_epochs[-1], metric, matrix, row, write=True):
+            self.log(f"saved {self.out_path}: the {label}")
+
     def _finish(self) -> None:
         if self.rank != 0:
             return
+        self._try_average()
         if self.epochs_done and self.best_epoch == 0:
             self._write()  # the starting model was never beaten: it is the result
         if self.cancelled:
@@ -656,6 +695,7 @@ class _Run:
             else:
                 self.log("cancelled before the first epoch ended: no model was written")
         if self.log_dir:
+            _write_csv(os.path.join(self.log_dir, "epochs.csv"), self.history)
             _plots(self.log_dir, self.history, self.best_matrix, self.names)
 
 

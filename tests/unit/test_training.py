@@ -311,3 +311,27 @@ def test_starting_head_keeps_the_rows_of_classes_named_alike(tmp_path):
     assert any("but for the rows of Water, road" in m for m in logged)
     with pytest.raises(InputError, match="takes 3 bands, but 4 are given"):
         _start_model(TrainConfig(init=path), ours, 4, logged.append)
+
+
+def test_checkpoint_averaging_is_scored_and_kept_only_when_better(tmp_path, pattern_dir):
+    data = [str(pattern_dir / "images"), str(pattern_dir / "masks")]
+    out = tmp_path / "m.safetensors"
+    r = _train(*data, "--out", str(out), "--epochs", "4", "--lr", "5e-3", "--average-last", "2", *COMMON,
+               "--passes", "1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = _history(str(tmp_path / "m_log"))
+    assert [row["epoch"] for row in rows] == ["0", "1", "2", "3", "4", "avg3-4"]
+    _, spec = load_model(str(out))
+    assert spec.training["validation"]["val_miou"] == pytest.approx(max(float(row["val_miou"]) for row in rows),
+                                                                    abs=1e-4)
+    # Without validation the average is the result.
+    r = _train(*data, "--out", str(tmp_path / "n.safetensors"), "--epochs", "3", "--average-last", "3",
+               *[a for a in COMMON if a not in ("--val-pattern", "scene[45]")], "--val-fraction", "0", "--passes", "1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "the mean of epochs 1-3" in r.stderr
+
+
+def test_a_validation_pattern_matching_nothing_is_an_error(tmp_path, pattern_dir):
+    r = _train(str(pattern_dir / "images"), str(pattern_dir / "masks"), "--out", str(tmp_path / "m.safetensors"),
+               *COMMON, "--val-pattern", "^tile(1|4)_")
+    assert r.returncode == 2 and "matches none of the 6 image names" in r.stderr and "Traceback" not in r.stderr
