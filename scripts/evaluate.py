@@ -24,12 +24,14 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("images", help="folder of images, or one image file")
     p.add_argument("masks", nargs="?", help="folder of masks (default: the images folder), or one mask file")
-    p.add_argument("--model", help="model file (default: the bundled model)")
+    p.add_argument("--model", help="model file or bundled model name (default: the bundled land-cover model)")
     p.add_argument("--tile-size", type=int)
     p.add_argument("--overlap", type=int)
     p.add_argument("--batch-size", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--tta", action="store_true", help="test-time augmentation (flips and rotations)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32"),
+                   help="auto: bf16 where the CPU or GPU runs it fast; fp32 gives the same figures on every machine")
     p.add_argument("--json", action="store_true", help="end with one line of JSON")
     return p.parse_args(argv)
 
@@ -52,7 +54,7 @@ def main(argv=None) -> int:
     ids = [c.id for c in spec.classes]
     names = [c.name for c in spec.classes]
     opts = SegmentOptions(tile_size=args.tile_size, overlap=args.overlap, batch_size=args.batch_size,
-                          device=args.device, tta=args.tta)
+                          device=args.device, tta=args.tta, precision=args.precision)
     total = np.zeros((len(ids), len(ids) + 1), np.int64)
     seconds = megapixels = 0.0
     with tempfile.TemporaryDirectory(prefix="landcover-eval-") as tmp:
@@ -75,7 +77,8 @@ def main(argv=None) -> int:
                 print(f"[{n}/{len(pairs)}] {os.path.basename(image)}: mIoU {s['miou']:.3f}, "
                       f"accuracy {s['accuracy']:.3f}", file=sys.stderr)
     result = scores(total, names)
-    result.update(model=os.path.abspath(model_path), pairs=len(pairs), megapixels=round(megapixels, 3),
+    result.update(model=os.path.abspath(model_path), compute=args.precision, pairs=len(pairs),
+                  megapixels=round(megapixels, 3),
                   mp_per_s=round(megapixels / max(seconds, 1e-9), 3))
     print(report(result, names))
     if args.json:
