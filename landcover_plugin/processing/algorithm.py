@@ -1,13 +1,27 @@
 """What every landcover algorithm shares."""
 from __future__ import annotations
 
-from qgis.core import QgsProcessingAlgorithm
+from qgis.core import QgsProcessingAlgorithm, QgsProcessingParameterFile
 from qgis.PyQt.QtCore import QVariant
 from qgis.PyQt.QtGui import QIcon
 
 from .provider import ICON
 
 DEVICES = ["auto", "cpu", "cuda"]  # the DEVICE enum of every algorithm, in this order
+
+
+def model_parameter(name: str, description: str) -> QgsProcessingParameterFile:
+    """A model: a bundled model's name or a .safetensors file. Names pass the file filter's "All files";
+    the drop-down of bundled models appears where Processing's Python widgets exist, QGIS's file widget
+    elsewhere."""
+    param = QgsProcessingParameterFile(name, description, optional=True,
+                                       fileFilter="Model files (*.safetensors);;All files (*)")
+    try:
+        from . import model_widget
+    except Exception:  # no Processing GUI (or one without the Python wrappers)
+        return param
+    param.setMetadata({"widget_wrapper": {"class": model_widget.ModelWidgetWrapper}})
+    return param
 
 
 class LandcoverAlgorithm(QgsProcessingAlgorithm):
@@ -31,6 +45,17 @@ class LandcoverAlgorithm(QgsProcessingAlgorithm):
         if advanced:
             param.setFlags(param.flags() | param.FlagAdvanced)
         self.addParameter(param)
+
+    def check_model(self, parameters, name: str, context) -> tuple[bool, str]:
+        """A model parameter names a bundled model or a readable model file (its header only: no torch)."""
+        from ..core.errors import LandcoverError
+        from ..core.model_file import read_spec, resolve_model_path
+
+        try:
+            read_spec(resolve_model_path(self.parameterAsFile(parameters, name, context) or None))
+        except LandcoverError as exc:
+            return False, str(exc)
+        return True, ""
 
     def optional_number(self, parameters, name: str, context, kind=int):
         """An optional number parameter's value, or None when it is left empty."""

@@ -16,7 +16,6 @@ from qgis.core import (
     QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSink,
-    QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
@@ -26,7 +25,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QVariant
 
-from .algorithm import DEVICES, LandcoverAlgorithm
+from .algorithm import DEVICES, LandcoverAlgorithm, model_parameter
 from .dependencies import require_engine
 
 
@@ -51,15 +50,6 @@ def _bundled_models_summary() -> str:
     return ("<p><b>Model</b>: a bundled model, picked by its name (or its short name from <tt>qgis_process</tt>, "
             "e.g. <tt>MODEL=buildings_osm</tt>), or a .safetensors model file; empty for the first:</p>"
             f"<ul>{''.join(items)}</ul>")
-
-
-def _model_widget_metadata() -> dict:
-    """The drop-down of bundled models for MODEL where Processing's Python widgets exist, else QGIS's file widget."""
-    try:
-        from . import model_widget
-    except Exception:  # no Processing GUI (or one without the Python wrappers): a plain file parameter
-        return {}
-    return {"widget_wrapper": {"class": model_widget.ModelWidgetWrapper}}
 
 
 class SegmentAlgorithm(LandcoverAlgorithm):
@@ -103,11 +93,9 @@ class SegmentAlgorithm(LandcoverAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802
         add = self.add_parameter
         add(QgsProcessingParameterRasterLayer(self.INPUT, "Input raster"), "The image to classify.")
-        model = QgsProcessingParameterFile(self.MODEL, "Model (a bundled model, or a model file)", optional=True,
-                                           fileFilter="Model files (*.safetensors);;All files (*)")
-        model.setMetadata(_model_widget_metadata())
-        add(model, "A bundled model by name (land cover, buildings...) or a .safetensors model file made by the "
-                   "training script; empty for the bundled land-cover model.")
+        add(model_parameter(self.MODEL, "Model (a bundled model, or a model file)"),
+            "A bundled model by name (land cover, buildings...) or a .safetensors model file made by the training "
+            "script; empty for the bundled land-cover model.")
         add(QgsProcessingParameterBand(self.BANDS, "Bands, in the order the model expects (empty: the model's)",
                                        None, self.INPUT, optional=True, allowMultiple=True),
             "Input bands fed to the model, in order; empty for the model's own (usually 1, 2, 3).")
@@ -151,17 +139,7 @@ class SegmentAlgorithm(LandcoverAlgorithm):
 
     def checkParameterValues(self, parameters, context):  # noqa: N802
         ok, message = super().checkParameterValues(parameters, context)
-        if not ok:
-            return ok, message
-        model = self.parameterAsFile(parameters, self.MODEL, context)
-        try:  # a file header or a name: no torch needed
-            from ..core.errors import LandcoverError
-            from ..core.model_file import read_spec, resolve_model_path
-
-            read_spec(resolve_model_path(model or None))
-        except LandcoverError as exc:
-            return False, str(exc)
-        return True, ""
+        return self.check_model(parameters, self.MODEL, context) if ok else (ok, message)
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         require_engine()

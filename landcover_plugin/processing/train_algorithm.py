@@ -13,7 +13,6 @@ from qgis.core import (
     QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
     QgsProcessingParameterField,
-    QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterMapLayer,
     QgsProcessingParameterMultipleLayers,
@@ -25,7 +24,7 @@ from qgis.core import (
     QgsWkbTypes,
 )
 
-from .algorithm import DEVICES, LandcoverAlgorithm
+from .algorithm import DEVICES, LandcoverAlgorithm, model_parameter
 from .dependencies import require_engine
 
 
@@ -77,9 +76,9 @@ class TrainAlgorithm(LandcoverAlgorithm):
         add(QgsProcessingParameterField(self.CLASS_FIELD, "Class field (ids or names)", None, self.LABELS,
                                         optional=True),
             "For polygon labels: the field holding each polygon's class id or class name.")
-        add(QgsProcessingParameterFile(self.INIT_MODEL, "Model to start from (empty: the bundled model)",
-                                       extension="safetensors", optional=True),
-            "A .safetensors model file to adapt; empty for the bundled land-cover model.")
+        add(model_parameter(self.INIT_MODEL, "Model to start from (empty: the bundled land-cover model)"),
+            "A bundled model by name (land cover, buildings...) or a .safetensors model file to adapt; empty for "
+            "the bundled land-cover model.")
         add(QgsProcessingParameterBoolean(self.FROM_SCRATCH, "Train from scratch (random weights)",
                                           defaultValue=False),
             "Ignore the starting model and learn from random weights (needs many more labels and time).",
@@ -112,6 +111,12 @@ class TrainAlgorithm(LandcoverAlgorithm):
             "Curves, per-class IoU and confusion matrix on the held-out area, starting model beside trained.")
         self.addOutput(QgsProcessingOutputNumber(self.VAL_MIOU, "Validation mean IoU"))
         self.addOutput(QgsProcessingOutputNumber(self.INIT_VAL_MIOU, "Validation mean IoU of the starting model"))
+
+    def checkParameterValues(self, parameters, context):  # noqa: N802
+        ok, message = super().checkParameterValues(parameters, context)
+        if ok and not self.parameterAsBool(parameters, self.FROM_SCRATCH, context):
+            return self.check_model(parameters, self.INIT_MODEL, context)
+        return ok, message
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         require_engine()

@@ -126,3 +126,39 @@ def test_qgis_process_takes_a_bundled_model_name(raster, tmp_path):
     bad = qgis_process(["run", "landcover:segment", "--", f"INPUT={raster}", "MODEL=roofs",
                         f"OUTPUT_RASTER={tmp_path / 'd.tif'}"], tmp_path)
     assert bad.returncode != 0 and "no bundled model has that name" in bad.stdout + bad.stderr
+
+
+def test_train_starts_from_a_bundled_model_by_name_and_keeps_its_polygon_defaults(provider, models_dir, tmp_path):
+    """Fine-tuning the buildings model on a user's own footprints gives a buildings model again."""
+    import processing
+    from qgis.core import QgsFeature, QgsGeometry, QgsRectangle
+    from rasterio.transform import from_origin
+
+    image = write_raster(tmp_path / "roofs.tif", fixture_pixels()[:, :256, :256], crs="EPSG:32637",
+                         transform=from_origin(500000, 9800000, 0.3, 0.3))
+    layer = QgsVectorLayer("Polygon?crs=EPSG:32637&field=cls:string", "digitized", "memory")
+    x0, y0 = 500000, 9800000
+    boxes = [("building", 60, 40, 200, 120), ("other", 0, 130, 256, 170), ("building", 10, 190, 80, 250),
+             ("other", 120, 190, 250, 250)]
+    features = []
+    for name, c0, r0, c1, r1 in boxes:
+        f = QgsFeature(layer.fields())
+        f.setGeometry(QgsGeometry.fromRect(QgsRectangle(x0 + c0 * 0.3, y0 - r1 * 0.3, x0 + c1 * 0.3, y0 - r0 * 0.3)))
+        f.setAttributes([name])
+        features.append(f)
+    layer.dataProvider().addFeatures(features)
+    label_path = layer
+    out = processing.run("landcover:train", {
+        "INPUT": [image], "LABELS": label_path, "CLASS_FIELD": "cls", "INIT_MODEL": "buildings_osm", "EPOCHS": 1,
+        "VALIDATION": 0,
+        "TILE_SIZE": 64, "BATCH_SIZE": 4, "DEVICE": 1, "OUTPUT_MODEL": str(tmp_path / "mine.safetensors")},
+        context=QgsProcessingContext(), feedback=QgsProcessingFeedback())
+    spec = model_file.read_spec(out["OUTPUT_MODEL"])
+    assert [c.name for c in spec.classes] == ["other", "building"]
+    assert spec.polygons == PolygonDefaults((1,), 2.0, 0.3)
+    with pytest.raises(QgsProcessingException, match="no bundled model has that name"):
+        processing.run("landcover:train", {"INPUT": [image], "LABELS": label_path, "CLASS_FIELD": "cls",
+                                           "INIT_MODEL": "roofs",
+                                           "OUTPUT_MODEL": str(tmp_path / "x.safetensors")},
+                       context=QgsProcessingContext(), feedback=QgsProcessingFeedback())
+    assert not os.path.exists(tmp_path / "x.safetensors")
