@@ -406,7 +406,7 @@ class _Run:
         self.std_t = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
 
         self.history, self.best, self.best_epoch, self.best_state, self.best_row = [], float("-inf"), None, None, None
-        self.averaged, self.averaged_epochs = None, []
+        self.averaged = []  # (epoch, weights) of the last epochs, for checkpoint averaging
         self.best_matrix = self.init_matrix = self.init_row = None
         self.step, self.epochs_done, self.cancelled = 0, 0, False
         self.step_s = self.val_s = None
@@ -559,7 +559,7 @@ class _Run:
             self.log(" ".join(f"{k}={v}" for k, v in row.items()))
             if self._keep_if_best(epoch + 1, metric, matrix, row, write=True):
                 self.log(f"saved {self.out_path} (best so far)")
-            if self.cfg.average_last and epoch + 1 > self.plan.epochs - self.cfg.average_last:
+            if self.cfg.average_last:
                 self._add_to_average(epoch + 1)
             if self.log_dir:
                 _write_csv(os.path.join(self.log_dir, "epochs.csv"), self.history)
@@ -652,34 +652,29 @@ class _Run:
         return time.perf_counter() - self.t_start > self.cfg.max_minutes * 60 * 0.98
 
     def _add_to_average(self, epoch: int) -> None:
-        state = {k: v.detach().to("cpu", torch.float64, copy=True) for k, v in self.net.state_dict().items()
-                 if v.is_floating_point()}
-        if self.averaged is None:
-            self.averaged = state
-        else:
-            for k, v in state.items():
-                self.averaged[k] += v
-        self.averaged_epochs.append(epoch)
+        """Keep this epoch's weights among the last average_last (every epoch: the plan may still grow)."""
+        self.averaged.append((epoch, {k: v.detach().to("cpu", copy=True) for k, v in self.net.state_dict().items()
+                                      if v.is_floating_point()}))
+        del self.averaged[:-self.cfg.average_last]
 
     def _try_average(self) -> None:
         """The mean of the last epochs' weights, kept where it validates better than every single epoch (or,
         without validation, always: averaging is then the recipe's choice)."""
-        n = len(self.averaged_epochs)
-        if n < 2 or self.cancelled:
+        if len(self.averaged) < 2 or self.cancelled:
             return
+        epochs = [e for e, _ in self.averaged]
         state = self.net.state_dict()
-        self.net.load_state_dict({k: (self.averaged[k] / n).to(state[k].dtype) if k in self.averaged else v
-                                  for k, v in state.items()})
-        label = f"mean of epochs {self.averaged_epochs[0]}-{self.averaged_epochs[-1]}"
-        row = {"epoch": f"avg{self.averaged_epochs[0]}-{self.averaged_epochs[-1]}", "train_loss": float("nan"),
-               "lr": 0.0, "seconds": 0.0}
+        mean = {k: sum(s[k].double() for _, s in self.averaged) / len(self.averaged) for k in self.averaged[0][1]}
+        self.net.load_state_dict({k: mean[k].to(v.dtype) if k in mean else v for k, v in state.items()})
+        label = f"mean of epochs {epochs[0]}-{epochs[-1]}"
+        row = {"epoch": f"avg{epochs[0]}-{epochs[-1]}", "train_loss": float("nan"), "lr": 0.0, "seconds": 0.0}
         if self.val:
             matrix, metric = self._validate(row)
             self.history.append(row)
             self.log(" ".join(f"{k}={v}" for k, v in row.items()) + f" ({label})")
         else:
             matrix, metric = None, float("inf")
-        if self._keep_if_best(self.averaged_epochs[-1], metric, matrix, row, write=True):
+        if self._keep_if_best(epochs[-1], metric, matrix, row, write=True):
             self.log(f"saved {self.out_path}: the {label}")
 
     def _finish(self) -> None:

@@ -272,7 +272,8 @@ def test_package_is_one_installable_folder(tmp_path):
     assert {n.split("/")[0] for n in names} == {"landcover_plugin"}
     for needed in ("landcover_plugin/metadata.txt", "landcover_plugin/__init__.py", "landcover_plugin/icon.svg",
                    "landcover_plugin/processing/segment_algorithm.py", "landcover_plugin/core/segment.py",
-                   "landcover_plugin/models/landcover_default.safetensors"):
+                   "landcover_plugin/models/landcover_default.safetensors",
+                   "landcover_plugin/models/buildings_osm.safetensors", "landcover_plugin/models/buildings_osm.md"):
         assert needed in names
     meta = zipfile.ZipFile(zpath).read("landcover_plugin/metadata.txt").decode()
     for key in ("name", "qgisMinimumVersion", "description", "about", "version", "author", "email", "repository",
