@@ -162,3 +162,31 @@ def test_train_starts_from_a_bundled_model_by_name_and_keeps_its_polygon_default
                                            "OUTPUT_MODEL": str(tmp_path / "x.safetensors")},
                        context=QgsProcessingContext(), feedback=QgsProcessingFeedback())
     assert not os.path.exists(tmp_path / "x.safetensors")
+
+
+def test_the_toolbox_dialogs_offer_the_drop_down(provider, models_dir, raster, qgis_iface):
+    """Processing's own algorithm and Batch dialogs, as the toolbox opens them."""
+    from processing.gui.AlgorithmDialog import AlgorithmDialog
+    from processing.gui.BatchAlgorithmDialog import BatchAlgorithmDialog
+    from qgis.core import QgsProject, QgsRasterLayer
+    from qgis.gui import QgsBrowserGuiModel
+
+    from landcover_plugin.processing.model_widget import ModelWidgetWrapper
+
+    browser = QgsBrowserGuiModel()
+    qgis_iface.browserModel = lambda: browser  # pytest-qgis's stand-in iface has none
+    layer = QgsRasterLayer(raster, "in")
+    QgsProject.instance().addMapLayer(layer)
+    dialog = AlgorithmDialog(provider.algorithm("segment").create(), False, None)
+    panel = dialog.mainWidget()
+    panel.wrappers["INPUT"].setParameterValue(layer.id(), QgsProcessingContext())
+    model = panel.wrappers["MODEL"]
+    assert isinstance(model, ModelWidgetWrapper)
+    assert model.combo.currentText() == "Land cover"
+    model.combo.setCurrentIndex(1)
+    assert dialog.createProcessingParameters()["MODEL"] == "buildings_osm"
+    batch = BatchAlgorithmDialog(provider.algorithm("segment").create(), None).mainWidget()
+    cell = next(w for w in batch.wrappers[0] if isinstance(w, ModelWidgetWrapper))
+    cell.setValue("Buildings (OpenStreetMap)")
+    assert cell.parameterValue() == "buildings_osm"
+    QgsProject.instance().removeAllMapLayers()
