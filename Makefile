@@ -1,4 +1,4 @@
-# Every set-up, test, demo and package step. `make test` works on a fresh Debian 12 machine.
+# Every set-up, test, demo and package step. `make test` works on a fresh Debian 12 or 13 machine.
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -39,7 +39,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt | system
 	[ -x $(PY) ] || /usr/bin/python3 -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=23"
 	$(PY) -m pip install -q -r requirements-dev.txt
-	$(PY) -c "import numpy, torch, rasterio, safetensors; from osgeo import gdal; assert int(numpy.__version__.split('.')[0]) < 2"
+	$(PY) -c "import numpy, torch, rasterio, safetensors; from osgeo import gdal_array; gdal_array.OpenArray(numpy.zeros((2, 2), 'uint8'))"
 	touch $@
 
 venv: system $(VENV)/.installed
@@ -57,7 +57,7 @@ test: venv lint
 # bundled sample image with the bundled model. QGIS's embedded Python gets the venv's
 # packages (torch, safetensors) through PYTHONPATH.
 QGIS_ENV = QGIS_PLUGINPATH=$(abspath $(STAGE)) PYTHONPATH=$(abspath $(VENV_SITE)) QT_QPA_PLATFORM=offscreen
-VENV_SITE = $(VENV)/lib/python3.11/site-packages
+VENV_SITE = $(VENV)/lib/python$(shell /usr/bin/python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')/site-packages
 
 demo: venv stage
 	rm -rf demo_output && mkdir -p demo_output
