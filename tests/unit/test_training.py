@@ -95,10 +95,11 @@ def test_two_process_ddp_on_cpu(tmp_path, pattern_dir):
     if torchrun is None:
         pytest.skip("torchrun is not installed")
     out = tmp_path / "ddp.safetensors"
-    # Gloo finds its address from the host name, which a fresh chroot or container may not resolve: the
-    # loopback interface is enough for two processes on one machine.
-    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", MASTER_ADDR="127.0.0.1")
-    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", TRAIN, str(pattern_dir / "images"),
+    # torchrun and gloo find their address from the host name, which a fresh chroot or container may not
+    # resolve (torchrun then waits forever): the loopback interface is enough for one machine.
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo")
+    r = subprocess.run([torchrun, "--standalone", "--local-addr", "127.0.0.1", "--nproc_per_node=2", TRAIN,
+                        str(pattern_dir / "images"),
                         str(pattern_dir / "masks"), "--out", str(out), "--epochs", "2", *COMMON],
                        capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
