@@ -301,8 +301,13 @@ def default_model_path() -> str:
 @dataclass(frozen=True)
 class BundledModel:
     key: str  # the file's stem: what scripts and qgis_process take
-    name: str  # the model's own name, offered in the toolbox
     path: str
+    spec: ModelSpec
+
+    @property
+    def name(self) -> str:
+        """The model's own name, offered in the toolbox."""
+        return self.spec.name
 
 
 def bundled_models() -> list[BundledModel]:
@@ -313,7 +318,7 @@ def bundled_models() -> list[BundledModel]:
             if f.endswith(".safetensors"):
                 path = os.path.join(MODELS_DIR, f)
                 try:
-                    found.append(BundledModel(f[:-len(".safetensors")], read_spec(path).name, path))
+                    found.append(BundledModel(f[:-len(".safetensors")], path, read_spec(path)))
                 except ModelFileError:
                     continue
     return found

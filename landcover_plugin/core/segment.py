@@ -78,7 +78,7 @@ Cancel = Callable[[], bool]
 Log = Callable[[str], None]
 
 
-def polygon_settings(opts: SegmentOptions, spec: ModelSpec, geometry, class_path: str) -> tuple[float, float]:
+def polygon_settings(opts: SegmentOptions, spec: ModelSpec, geometry, transform) -> tuple[float, float]:
     """(minimum area in square ground units, simplification in map units): the options where given, else
     the model's defaults, which are in metres and become the raster's units here. A raster without
     georeferencing is taken to be at the model's ground resolution, as it is classified unresampled."""
@@ -86,8 +86,7 @@ def polygon_settings(opts: SegmentOptions, spec: ModelSpec, geometry, class_path
     if min_area is not None and simplify is not None:
         return min_area, simplify
     metres_per_px = geometry.gsd or spec.gsd
-    with rasterio.open(class_path) as ds:
-        map_units_per_px = abs(ds.transform.a)
+    map_units_per_px = abs(transform.a)  # of the outputs' grid
     if min_area is None:
         m2 = spec.polygons.min_area_m2
         min_area = m2 if geometry.units != "pixels" else m2 / metres_per_px ** 2 if metres_per_px else 0.0
@@ -135,7 +134,7 @@ def segment(input_path: str, class_path: str, model=None, confidence_path: str |
         from .areas import class_areas
         from .vectorize import sieve
 
-        min_area, simplify = polygon_settings(opts, spec, job.geometry, tmp_class)
+        min_area, simplify = polygon_settings(opts, spec, job.geometry, job.transform)
         if min_area > 0:
             with job.watch.stage("sieve"):
                 sieve(tmp_class, job.geometry.pixels_for_area(min_area))

@@ -435,8 +435,7 @@ class _Run:
             row = {"epoch": 0, "train_loss": float("nan"), "lr": 0.0, "seconds": 0.0}
             self.init_matrix, metric = self._validate(row)
             self.init_row = row
-            self.history.append(row)
-            self.log(" ".join(f"{k}={v}" for k, v in row.items()) + " (the starting model)")
+            self._record(row, " (the starting model)")
             self._keep_if_best(0, metric, self.init_matrix, row, write=False)
         if self.start and self.cfg.adapt_bn and not resume:
             t0 = time.perf_counter()
@@ -555,8 +554,7 @@ class _Run:
         self.epochs_done = epoch + 1
         if self.rank == 0:
             matrix, metric = self._validate(row) if self.val else (None, -train_loss)
-            self.history.append(row)
-            self.log(" ".join(f"{k}={v}" for k, v in row.items()))
+            self._record(row)
             if self._keep_if_best(epoch + 1, metric, matrix, row, write=True):
                 self.log(f"saved {self.out_path} (best so far)")
             if self.cfg.average_last:
@@ -569,6 +567,11 @@ class _Run:
                             "history": json.dumps(self.history)}, os.path.join(self.log_dir, "checkpoint.pt"))
         if self.distributed:
             torch.distributed.barrier()
+
+    def _record(self, row: dict, note: str = "") -> None:
+        """An epoch's row (or the starting model's, or an average's) into the history and the log."""
+        self.history.append(row)
+        self.log(" ".join(f"{k}={v}" for k, v in row.items()) + note)
 
     def _validate(self, row: dict):
         """Validation confusion and mean IoU of the network as it is now; adds their columns to row."""
@@ -670,8 +673,7 @@ class _Run:
         row = {"epoch": f"avg{epochs[0]}-{epochs[-1]}", "train_loss": float("nan"), "lr": 0.0, "seconds": 0.0}
         if self.val:
             matrix, metric = self._validate(row)
-            self.history.append(row)
-            self.log(" ".join(f"{k}={v}" for k, v in row.items()) + f" ({label})")
+            self._record(row, f" ({label})")
         else:
             matrix, metric = None, float("inf")
         if self._keep_if_best(epochs[-1], metric, matrix, row, write=True):

@@ -32,9 +32,9 @@ from .dependencies import require_engine
 def _bundled_models_summary() -> str:
     """The bundled models' names, classes and defaults for the help text (read from their metadata only)."""
     try:
-        from ..core.model_file import bundled_models, read_spec
+        from ..core.model_file import bundled_models
 
-        models = [(m, read_spec(m.path)) for m in bundled_models()]
+        models = [(m, m.spec) for m in bundled_models()]
     except Exception as exc:  # unreadable: say so in the help
         return f"<p>No usable bundled model ({exc}); choose a model file.</p>"
     if not models:
