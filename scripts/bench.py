@@ -184,7 +184,13 @@ def cmd_model(args) -> dict:
     from landcover_plugin.core.device import amp_dtype, resolve_device
 
     device = resolve_device(args.device)
-    net, _ = random_model(args.base_width, args.depth, args.tile, args.overlap)
+    if args.model:  # a real model needs no fixture (and so no rasterio): a GPU image may lack it
+        from landcover_plugin.core.model_file import load_model, resolve_model_path
+
+        net, spec = load_model(resolve_model_path(args.model))
+        args.base_width, args.depth = spec.base_width, spec.depth
+    else:
+        net, _ = random_model(args.base_width, args.depth, args.tile, args.overlap)
     net = net.to(device).to(memory_format=torch.channels_last)
     batch = args.batch_size or 8
     x = torch.randn(batch, 3, args.tile, args.tile, device=device).contiguous(memory_format=torch.channels_last)
@@ -193,23 +199,29 @@ def cmd_model(args) -> dict:
     flops_per_pixel = counter.get_total_flops() / args.tile ** 2
     rows = []
     dtypes = [None, torch.bfloat16] + ([torch.float16] if device.type == "cuda" else [])
-    for dtype in dtypes:
+    runs = [("eager", net, dtype) for dtype in dtypes]
+    if args.compile:  # compiled for the precision the engine runs on this device
+        runs.append((f"compile {args.compile}", torch.compile(net, mode=args.compile), amp_dtype(device)))
+    for how, fn, dtype in runs:
         with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=bool(dtype)):
+            t0 = time.perf_counter()
             for _ in range(2):
-                net(x)
+                fn(x)
             if device.type == "cuda":
                 torch.cuda.synchronize()
+            warm_s = time.perf_counter() - t0
             n, t0 = 0, time.perf_counter()
             while time.perf_counter() - t0 < args.seconds:
-                net(x)
+                fn(x)
                 n += 1
             if device.type == "cuda":
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t0
         mp = n * batch * args.tile ** 2 / 1e6 / dt
-        rows.append({"dtype": str(dtype or "float32").replace("torch.", ""), "mp_per_s": mp,
-                     "tflop_per_s": mp * 1e6 * flops_per_pixel / 1e12})
-        print(f"{rows[-1]['dtype']:>9}: {mp:9.2f} MP/s  {rows[-1]['tflop_per_s']:8.2f} TFLOP/s", flush=True)
+        rows.append({"dtype": str(dtype or "float32").replace("torch.", ""), "how": how, "mp_per_s": mp,
+                     "tflop_per_s": mp * 1e6 * flops_per_pixel / 1e12, "warm_up_s": round(warm_s, 2)})
+        print(f"{rows[-1]['dtype']:>9} {how:>24}: {mp:9.2f} MP/s  {rows[-1]['tflop_per_s']:8.2f} TFLOP/s  "
+              f"(first two calls {warm_s:.1f} s)", flush=True)
     print(f"{flops_per_pixel / 1e3:.1f} kFLOP per pixel (U-Net base {args.base_width} depth {args.depth}); "
           f"amp on this device: {amp_dtype(device)}")
     return {"bench": "model", "flops_per_pixel": flops_per_pixel, "batch": batch, "tile": args.tile,
@@ -449,6 +461,9 @@ def parse_args(argv=None):
     n = sub.add_parser("model", help="the network alone: MP/s per precision, FLOPs per pixel")
     common(n, 32)
     n.add_argument("--seconds", type=float, default=5.0)
+    n.add_argument("--model", help="model file or bundled model name instead of a random U-Net of --base-width")
+    n.add_argument("--compile", choices=("default", "reduce-overhead", "max-autotune"),
+                   help="also time torch.compile in this mode, at the engine's precision")
     pr = sub.add_parser("precision", help="labels of the reduced precision against fp32, on image/mask pairs")
     pr.add_argument("images")
     pr.add_argument("masks", nargs="?")
