@@ -51,7 +51,8 @@ def evaluate(args: list[str]) -> dict:
 
 def assert_matches(printed: dict, card_rows: dict):
     assert card_rows, "the card has no figures"
-    assert card_rows.pop("mean") == pytest.approx(printed["miou"], abs=0.0011)
+    if "mean" in card_rows:  # a card scoring one class on building-only masks gives no mean
+        assert card_rows.pop("mean") == pytest.approx(printed["miou"], abs=0.0011)
     for name, iou in card_rows.items():
         assert iou == pytest.approx(printed["iou"][name], abs=0.0011), name
 
@@ -82,28 +83,18 @@ def test_committed_crop_figures_are_what_evaluate_prints(key):
     assert_matches(evaluate(args), table_iou(part))
 
 
-HELD_OUT = {
-    "landcover_default": ("dubai_aerial", r"^tile[14]_"),
-    "buildings_osm": ("osm_buildings", None),
+HELD_OUT = {  # where each model's held-out figures come from: its card says why
+    "landcover_default": "osm_buildings_all",  # trained on every Dubai tile we hold
+    "buildings_osm": "osm_buildings_heldout",
 }
 
 
 @pytest.mark.skipif(not os.path.isdir(SHARED), reason="../shared/data is not here")
 @pytest.mark.parametrize("key", MODELS)
 def test_held_out_figures_are_what_evaluate_prints(key, tmp_path):
-    source, pattern = HELD_OUT[key]
-    images, masks = tmp_path / "images", tmp_path / "masks"
-    if source == "dubai_aerial":
-        images.mkdir()
-        masks.mkdir()
-        for sub, folder in (("images", images), ("masks", masks)):
-            base = os.path.join(SHARED, "dubai_aerial", sub)
-            for name in os.listdir(base):
-                if re.match(pattern, name):
-                    os.symlink(os.path.join(base, name), folder / name)
-    else:
-        subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "buildings_data.py"), SHARED, str(tmp_path)],
-                       check=True, capture_output=True)
-        images, masks = tmp_path / "heldout" / "images", tmp_path / "heldout" / "masks"
+    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "buildings_data.py"), SHARED, str(tmp_path)],
+                   check=True, capture_output=True)
+    folder = tmp_path / "heldout" if HELD_OUT[key] == "osm_buildings_heldout" else tmp_path
+    images, masks = folder / "images", folder / "masks"
     printed = evaluate([str(images), str(masks), "--model", key, "--precision", "fp32", "--device", "cpu"])
     assert_matches(printed, table_iou(section(card(key), "## Quality on held-out data")))

@@ -220,6 +220,7 @@ def test_bundled_default_model_is_valid_and_small():
     assert os.path.getsize(path) < 20 * 1024 * 1024
     net, spec = load_model(path)
     assert [c.name for c in spec.classes] == ["background", "building", "woodland/vegetation", "water", "road"]
-    assert spec.training["engine_evaluation"]["miou"] > 0.4
+    # how it was made is recorded (its quality is checked against its card by test_model_cards.py)
+    assert "Dubai" in spec.training["data"] and spec.training["command"].startswith("python scripts/train.py")
     with torch.no_grad():
         assert net(torch.zeros(1, 3, 64, 64)).shape == (1, 5, 64, 64)
