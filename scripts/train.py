@@ -191,7 +191,9 @@ def main(argv=None) -> int:
     result = train(cfg, train_items, val_items, classes, bands, args.out, log_dir, resume=args.resume,
                    data_note=note, command=command)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps({"best_val_miou": result.best, "epochs": result.epochs_done, "model": args.out}))
+        # without validation `best` ranks epochs by training loss (an average always wins): no mean IoU to give
+        best = round(result.best, 5) if val_items else None
+        print(json.dumps({"best_val_miou": best, "epochs": result.epochs_done, "model": args.out}))
     return 0
 
 

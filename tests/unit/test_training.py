@@ -334,6 +334,12 @@ def test_checkpoint_averaging_is_scored_and_kept_only_when_better(tmp_path, patt
     assert r.returncode == 0, r.stderr[-2000:]
     assert "the mean of epochs 1-3" in r.stderr
 
+    def strict(name):
+        raise ValueError(f"{name} is not JSON")
+
+    # the last line is strict JSON, with no mean IoU where nothing was validated (it said Infinity)
+    assert json.loads(r.stdout.strip().splitlines()[-1], parse_constant=strict)["best_val_miou"] is None
+
 
 def test_a_validation_pattern_matching_nothing_is_an_error(tmp_path, pattern_dir):
     r = _train(str(pattern_dir / "images"), str(pattern_dir / "masks"), "--out", str(tmp_path / "m.safetensors"),
