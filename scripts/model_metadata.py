@@ -6,7 +6,9 @@
         --polygon-classes 1 --min-area 4 --simplify 0.5 --training data="..."
 
 --min-area and --simplify are the defaults landcover:segment applies when the user leaves
-MIN_AREA and SIMPLIFY empty, in square metres and metres on the ground.
+MIN_AREA and SIMPLIFY empty, in square metres and metres on the ground. --calibration IMAGES
+MASKS stores windows of those training images (centred on labelled pixels) for int8
+inference, replacing any the file holds.
 """
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ def parse_args(argv=None):
     p.add_argument("--simplify", type=float, help="default simplification tolerance, m")
     p.add_argument("--training", action="append", default=[], metavar="KEY=VALUE",
                    help="set training.KEY to VALUE (JSON, else the text)")
+    p.add_argument("--calibration", nargs=2, metavar=("IMAGES", "MASKS"),
+                   help="folder of the model's training images (and their masks): windows for int8 calibration")
     return p.parse_args(argv)
 
 
@@ -37,6 +41,17 @@ def _value(text: str):
         return text
 
 
+def _calibration(folders: list[str], spec):
+    """Calibration windows (a torch tensor) from folders of training images and their masks."""
+    import torch
+
+    from landcover_plugin.core.pairs import pair_files
+    from landcover_plugin.core.train_data import calibration_windows, load_pairs
+
+    items = load_pairs(pair_files(*folders), spec.bands, [c.id for c in spec.classes])
+    return torch.from_numpy(calibration_windows(items))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     _common.setup()
@@ -44,7 +59,13 @@ def main(argv=None) -> int:
     from safetensors.torch import save_file
 
     from landcover_plugin.core.errors import InputError
-    from landcover_plugin.core.model_file import METADATA_KEY, PolygonDefaults, read_spec, resolve_model_path
+    from landcover_plugin.core.model_file import (
+        CALIBRATION_KEY,
+        METADATA_KEY,
+        PolygonDefaults,
+        read_spec,
+        resolve_model_path,
+    )
 
     path = resolve_model_path(args.model)
     spec = read_spec(path)
@@ -62,7 +83,7 @@ def main(argv=None) -> int:
         if not sep:
             raise InputError(f"--training takes KEY=VALUE, not {item!r}.")
         spec = spec.with_training(**{key: _value(text)})
-    if not changes and not args.training:
+    if not changes and not args.training and not args.calibration:
         print(json.dumps(spec.to_dict(), indent=1))
         return 0
     spec = replace(spec, **changes)
@@ -70,6 +91,8 @@ def main(argv=None) -> int:
     type(spec).from_dict(doc)  # refuse to write what the engine would refuse to read
     with safe_open(path, "pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if args.calibration:
+        tensors[CALIBRATION_KEY] = _calibration(args.calibration, spec)
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(doc)})

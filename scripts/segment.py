@@ -24,6 +24,9 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--tta", action="store_true")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "int8"),
+                   help="auto: int8 on a CPU for rasters of 16 MP or more where it can run, else bf16 where the "
+                        "device has it, else fp32")
     p.add_argument("--min-area", type=float, help="smallest region kept, square ground units (default: the model's)")
     p.add_argument("--simplify", type=float, help="polygon simplification tolerance, map units (default: the model's)")
     p.add_argument("--no-polygons", action="store_true")
@@ -44,7 +47,8 @@ def main(argv=None) -> int:
                   vector_path=None if args.no_polygons else out(args.output_dir, "landcover.gpkg"),
                   options=SegmentOptions(bands=tuple(args.bands) if args.bands else None, tile_size=args.tile_size,
                                          overlap=args.overlap, batch_size=args.batch_size, device=args.device,
-                                         tta=args.tta, min_area=args.min_area, simplify=args.simplify))
+                                         tta=args.tta, precision=args.precision, min_area=args.min_area,
+                                         simplify=args.simplify))
     with open(out(args.output_dir, "areas.csv"), "w") as fh:
         fh.write("class_id,class_name,pixels,area,percent\n")
         for a in res.areas:

@@ -17,6 +17,10 @@ from .errors import ModelFileError
 
 FORMAT_VERSION = 1
 METADATA_KEY = "landcover"
+# A few windows of the training imagery (uint8 or the imagery's own dtype, (n, bands, h, w), raw
+# values): int8 inference calibrates its activation ranges on them, so a model file carries the
+# data its quantization needs and never falls back to random tensors.
+CALIBRATION_KEY = "calibration.windows"
 ARCHITECTURES = ("unet",)
 _MAX_HEADER = 100 * 1024 * 1024
 
@@ -99,14 +103,17 @@ def build_network(spec: ModelSpec):
 FLOAT16_MAX = 65504.0
 
 
-def save_model(path: str, network, spec: ModelSpec, half: bool = False) -> None:
+def save_model(path: str, network, spec: ModelSpec, half: bool = False, calibration=None) -> None:
     """Write weights and metadata; the file appears whole or not at all.
 
     half: store weights as float16 (half the file). Batch-norm statistics, and any tensor
     with values beyond float16's range, stay float32: the running variance after a
     decoder's first convolution can pass 65504, and as infinity it silently zeroes
     those channels.
+    calibration: windows of training imagery (n, bands, h, w) for int8 inference; by default
+    those the network was loaded with, if any.
     """
+    import torch
     from safetensors.torch import save_file
 
     _parse_spec(spec.to_dict())  # never write a file we would refuse to load
@@ -114,6 +121,13 @@ def save_model(path: str, network, spec: ModelSpec, half: bool = False) -> None:
     if half:
         state = {k: v.half() if _fits_float16(k, v) else v.float() if v.is_floating_point() else v
                  for k, v in state.items()}
+    if calibration is None:
+        calibration = getattr(network, "calibration_windows", None)
+    if calibration is not None:
+        if calibration.ndim != 4 or calibration.shape[1] != spec.in_channels:
+            raise ModelFileError(f"Calibration windows must be (n, {spec.in_channels}, h, w), not "
+                                 f"{tuple(calibration.shape)}.")
+        state[CALIBRATION_KEY] = torch.from_numpy(calibration.copy()).contiguous()
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         save_file(state, tmp, metadata={METADATA_KEY: json.dumps(spec.to_dict())})
@@ -148,7 +162,10 @@ def read_spec(path: str) -> ModelSpec:
 
 
 def load_model(path: str):
-    """Return (network in eval mode on the CPU, ModelSpec), or raise ModelFileError."""
+    """Return (network in eval mode on the CPU, ModelSpec), or raise ModelFileError.
+
+    The network's `calibration_windows` attribute holds the file's calibration windows (numpy), or None.
+    """
     spec = read_spec(path)
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -157,6 +174,7 @@ def load_model(path: str):
         state = load_file(path, device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise ModelFileError(f"The weights in {_name(path)} cannot be read ({exc}).") from None
+    calibration = state.pop(CALIBRATION_KEY, None)
     network = build_network(spec)
     expected = network.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -176,6 +194,8 @@ def load_model(path: str):
             f"{spec.num_classes} classes): {detail}.")
     network.load_state_dict(state, strict=True)
     network.eval()
+    # A plain attribute, not a buffer: the windows are data about the network, not part of its state.
+    network.calibration_windows = None if calibration is None else calibration.numpy()
     return network, spec
 
 

@@ -9,7 +9,7 @@ from .errors import InputError
 
 class Predictor:
     def __init__(self, network, mean, std, weights: np.ndarray, device, batch_size: int, tta: bool = False,
-                 precision: str = "auto"):
+                 precision: str = "auto", log=lambda m: None):
         torch = torch_or_error()
         self.torch = torch
         self.device = device
@@ -19,6 +19,13 @@ class Predictor:
         from .unet import fused_for_inference
 
         self.net = fused_for_inference(network).to(device).to(memory_format=torch.channels_last)
+        self.int8 = None
+        if precision == "int8":
+            from .quantize import int8_network
+
+            tile = weights.shape[-1]
+            self.int8 = int8_network(network, self.net, tuple(mean), tuple(std), (batch_size, len(mean), tile, tile),
+                                     log)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.weights = torch.from_numpy(weights).to(device)
@@ -59,8 +66,17 @@ class Predictor:
         x = ((x.float() - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp or torch.float32,
                                                     enabled=self.amp is not None):
-            probs = self._tta(x) if self.tta else torch.softmax(self.net(x).float(), dim=1)
+            probs = self._tta(x) if self.tta else torch.softmax(self._forward(x).float(), dim=1)
             return probs.float() * self.weights
+
+    def _forward(self, x):
+        if self.int8 is None:
+            return self.net(x)
+        n = len(x)
+        if n < self.batch_size:  # compiled for full batches only: another shape would compile again
+            x = self.torch.cat([x, x.new_zeros((self.batch_size - n, *x.shape[1:]))])
+        # compiled for channels-last strides, which padding and TTA's turns do not keep
+        return self.int8(x.contiguous(memory_format=self.torch.channels_last))[:n]
 
     def _tta(self, x):
         """Mean probabilities over the 8 flips and quarter turns, each mapped back."""
@@ -69,7 +85,7 @@ class Predictor:
         for flip in (False, True):
             xf = torch.flip(x, dims=(3,)) if flip else x
             for k in range(4):
-                p = torch.softmax(self.net(torch.rot90(xf, k, dims=(2, 3))).float(), dim=1)
+                p = torch.softmax(self._forward(torch.rot90(xf, k, dims=(2, 3))).float(), dim=1)
                 p = torch.rot90(p, -k, dims=(2, 3))
                 if flip:
                     p = torch.flip(p, dims=(3,))

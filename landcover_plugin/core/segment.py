@@ -12,8 +12,8 @@ from typing import Callable
 import numpy as np
 import rasterio
 
-from . import outputs
-from .device import auto_batch, describe, read_threads, resolve_device, torch_or_error
+from . import outputs, quantize
+from .device import auto_batch, choose_precision, describe, read_threads, resolve_device, torch_or_error
 from .errors import Cancelled, InputError
 from .geo import ground_geometry
 from .model_file import ModelSpec, load_model, resolve_model_path
@@ -36,7 +36,7 @@ class SegmentOptions:
     overlap: int | None = None
     batch_size: int = 0  # 0: choose for the device
     device: str = "auto"
-    precision: str = "auto"  # "auto": bf16 where the device runs it fast; "fp32": full precision
+    precision: str = "auto"  # auto, fp32, bf16 or int8 (CPU): see device.choose_precision
     tta: bool = False
     min_area: float | None = None  # square ground units; smaller regions join their neighbours; None: the model's
     simplify: float | None = None  # polygon simplification tolerance in map units; None: the model's
@@ -63,6 +63,7 @@ class SegmentResult:
     stages: dict = field(default_factory=dict)  # seconds per stage (see Stopwatch use below)
     min_area: float = 0.0  # as applied: square ground units
     simplify: float = 0.0  # as applied: map units
+    precision: str = "fp32"  # as run: fp32, bf16, fp16 or int8
 
     @property
     def megapixels(self) -> float:
@@ -128,7 +129,8 @@ def segment(input_path: str, class_path: str, model=None, confidence_path: str |
                 files.scratch(os.path.dirname(os.path.abspath(class_path)), ".tif") if want_polygons else None
             share = 0.85 if want_polygons else 1.0
             t0 = time.perf_counter()
-            device, batch = job.run(network, tmp_class, tmp_conf, files, lambda f: progress(share * f), cancel)
+            device, batch, precision = job.run(network, tmp_class, tmp_conf, files, lambda f: progress(share * f),
+                                               cancel)
             infer_s = time.perf_counter() - t0
         outputs.set_category_names(tmp_class, spec.classes)
         from .areas import class_areas
@@ -164,8 +166,9 @@ def segment(input_path: str, class_path: str, model=None, confidence_path: str |
     progress(1.0)
     result = SegmentResult(class_path, confidence_path, vector_path, spec, device, batch, job.tile, job.overlap,
                            job.scale, job.region.width, job.region.height, time.perf_counter() - start, infer_s,
-                           areas, job.warnings, job.geometry.units, job.stage_seconds(), min_area, simplify)
-    log(f"Classified {result.megapixels:.2f} MP in {infer_s:.1f} s on {device}: {result.mp_per_s:.2f} MP/s "
+                           areas, job.warnings, job.geometry.units, job.stage_seconds(), min_area, simplify, precision)
+    log(f"Classified {result.megapixels:.2f} MP in {infer_s:.1f} s on {device} in {precision}: "
+        f"{result.mp_per_s:.2f} MP/s "
         f"(batch {batch}, tile {job.tile}, overlap {job.overlap}); whole job {result.seconds:.1f} s.")
     return result
 
@@ -275,10 +278,17 @@ class _Job:
 
         spec, region = self.spec, self.region
         reader = WindowReader(self.src, self.bands, region, self.scale, spec.mean)
+        shape = (batch, len(self.bands), self.tile, self.tile)
+        pixels = reader.width * reader.height
+        # cheapest tests first: importing torchao takes seconds, which a small raster should not pay
+        int8_pays = (device.type == "cpu" and self.opts.precision == "auto" and quantize.faithful(spec)
+                     and pixels >= quantize.INT8_MIN_PIXELS_CACHED
+                     and getattr(network, "calibration_windows", None) is not None and quantize.int8_available()
+                     and quantize.worth_int8(network, spec.mean, spec.std, shape, pixels))
+        precision = choose_precision(device, self.opts.precision, int8_pays)
         predictor = Predictor(network, spec.mean, spec.std, blend_weights(self.tile, self.overlap), device,
-                              batch, self.opts.tta, self.opts.precision)
-        amp = predictor.amp
-        self.log(f"Device {describe(device)}, {str(amp).replace('torch.', '') if amp else 'float32'}, "
+                              batch, self.opts.tta, precision, self.log)
+        self.log(f"Device {describe(device)}, precision {precision}, "
                  f"batch size {batch}, tile {self.tile}, overlap {self.overlap}, "
                  f"{self.region.width} x {self.region.height} pixels.")
         ids = np.array([c.id for c in spec.classes], np.uint8)
@@ -303,7 +313,7 @@ class _Job:
                           self.watch, read_threads(device))
                 with rasterio.open(prob_path) as prob_ds:
                     final.from_probabilities(prob_ds, region.width, region.height, self.scale, cancel)
-        return describe(device), predictor.batch_size
+        return describe(device), predictor.batch_size, precision
 
 
 def _open_optional(path, profile):

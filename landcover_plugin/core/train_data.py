@@ -216,6 +216,31 @@ def augment_batch(images, masks, sizes, flips, tile: int, jitter: float, rng_see
     return x, y
 
 
+def calibration_windows(items: list[Labelled], n: int = 16, size: int = 128, seed: int = 0) -> np.ndarray:
+    """n windows of the training imagery, raw values (n, bands, size, size), for int8 calibration.
+
+    Centred on labelled pixels where there are labels, so that sparse polygons over a large
+    raster still give windows of the ground the model was taught; smaller images are padded
+    with their edge values.
+    """
+    rng = np.random.default_rng(seed)
+    areas = np.array([np.count_nonzero(s.mask != NODATA_CLASS) or s.mask.size for s in items], np.float64)
+    out = []
+    for i in rng.choice(len(items), size=n, p=areas / areas.sum()):
+        item = items[i]
+        ys, xs = np.nonzero(item.mask != NODATA_CLASS)
+        if not len(ys):
+            ys, xs = np.indices(item.mask.shape).reshape(2, -1)
+        k = rng.integers(len(ys))
+        h, w = item.mask.shape
+        y0 = int(np.clip(ys[k] - size // 2, 0, max(0, h - size)))
+        x0 = int(np.clip(xs[k] - size // 2, 0, max(0, w - size)))
+        win = item.image[:, y0:y0 + size, x0:x0 + size]
+        pad = ((0, 0), (0, size - win.shape[1]), (0, size - win.shape[2]))
+        out.append(np.pad(win, pad, mode="edge") if any(p[1] for p in pad) else win)
+    return np.ascontiguousarray(np.stack(out))
+
+
 def epoch_size(items: list[Labelled], tile: int, passes: float) -> int:
     """Windows per epoch so that an epoch covers the labelled training pixels `passes` times."""
     pixels = sum(int(np.count_nonzero(s.mask != NODATA_CLASS)) for s in items)

@@ -33,7 +33,15 @@ from .metrics import confusion, scores
 from .model_file import ModelSpec, build_network, load_model, save_model
 from .predictor import Predictor
 from .sliding import predict_array
-from .train_data import Labelled, WindowSampler, augment_batch, class_frequencies, class_weights, epoch_size
+from .train_data import (
+    Labelled,
+    WindowSampler,
+    augment_batch,
+    calibration_windows,
+    class_frequencies,
+    class_weights,
+    epoch_size,
+)
 from .train_schedule import Schedule, fit_schedule
 from .unet import fit_batchnorm
 from .windows import blend_weights
@@ -379,6 +387,7 @@ class _Run:
         remap[self.ids] = np.arange(len(self.ids))
         self.lut = torch.from_numpy(remap).to(self.device)
         self.train_items = train_items
+        self.calibration = calibration_windows(train_items, seed=cfg.seed)  # carried by the file, for int8
         self.sampler = WindowSampler(train_items, self.ids, cfg.tile, cfg.rare_fraction,
                                      (1 - cfg.scale_jitter, 1 + cfg.scale_jitter), cfg.seed)
         self.val = val_subset(val_items, cfg.max_val_pixels, cfg.seed)
@@ -596,7 +605,7 @@ class _Run:
         net = build_network(self.spec)
         net.load_state_dict(self.best_state)
         _save(self.out_path, net, self.spec, self.cfg, self.plan.epochs, self.best_row, self.data_note,
-              self.command, self.init_row)
+              self.command, self.init_row, self.calibration)
 
     # --- the time budget ---------------------------------------------------------------------------------
 
@@ -696,14 +705,14 @@ class _Run:
             _plots(self.log_dir, self.history, self.best_matrix, self.names)
 
 
-def _save(out_path, net, spec, cfg, planned, row, data_note, command, init_row=None):
+def _save(out_path, net, spec, cfg, planned, row, data_note, command, init_row=None, calibration=None):
     info = {"data": data_note, "epoch": row["epoch"], "epochs_planned": planned,
             "config": {k: v for k, v in asdict(cfg).items() if k != "extra"}, **cfg.extra,
             "validation": {k: v for k, v in row.items() if k.startswith(("val_", "iou_"))},
             "command": command}
     if init_row is not None:
         info["starting_model_validation"] = {k: v for k, v in init_row.items() if k.startswith(("val_", "iou_"))}
-    save_model(out_path, net, spec.with_training(**info), half=cfg.half_weights)
+    save_model(out_path, net, spec.with_training(**info), half=cfg.half_weights, calibration=calibration)
 
 
 def _write_csv(path, history):

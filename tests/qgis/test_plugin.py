@@ -39,8 +39,8 @@ def run(alg_id, params, context=None, feedback=None):
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _KEEP = []
-SEGMENT_PARAMS = ["INPUT", "MODEL", "BANDS", "EXTENT", "TILE_SIZE", "OVERLAP", "BATCH_SIZE", "DEVICE", "TTA",
-                  "MIN_AREA", "SIMPLIFY", "OUTPUT_RASTER", "OUTPUT_VECTOR", "OUTPUT_CONFIDENCE", "OUTPUT_REPORT"]
+SEGMENT_PARAMS = ["INPUT", "MODEL", "BANDS", "EXTENT", "TILE_SIZE", "OVERLAP", "BATCH_SIZE", "DEVICE", "PRECISION",
+                  "TTA", "MIN_AREA", "SIMPLIFY", "OUTPUT_RASTER", "OUTPUT_VECTOR", "OUTPUT_CONFIDENCE", "OUTPUT_REPORT"]
 
 
 def test_provider_and_algorithms_are_registered(provider):
@@ -52,6 +52,9 @@ def test_provider_and_algorithms_are_registered(provider):
     assert [p.name() for p in seg.parameterDefinitions()] == SEGMENT_PARAMS
     defaults = {p.name(): p.defaultValue() for p in seg.parameterDefinitions()}
     assert defaults["DEVICE"] == 0 and defaults["TTA"] is False and defaults["BATCH_SIZE"] == 0
+    assert defaults["PRECISION"] == "auto" and seg.parameterDefinition("PRECISION").options() == [
+        "auto", "fp32", "bf16", "int8"]
+    assert seg.parameterDefinition("PRECISION").flags() & seg.parameterDefinition("PRECISION").FlagAdvanced
     assert defaults["TILE_SIZE"] is None and defaults["OVERLAP"] is None and defaults["MIN_AREA"] is None
     assert all(p.help() for p in seg.parameterDefinitions())
     assert "bundled model" in seg.shortHelpString() and "road" in seg.shortHelpString()
@@ -134,6 +137,7 @@ def test_extent_and_bands(provider, utm_raster, small_model, tmp_path):
     ({"BANDS": [1, 2, 7]}, "Band 7 does not exist"),
     ({"EXTENT": "0,10,0,10 [EPSG:32640]"}, "does not overlap"),
     ({"TILE_SIZE": 64, "OVERLAP": 40}, "less than half"),
+    ({"PRECISION": "int8"}, "int8 needs"),  # this model file has no calibration windows (or torchao is missing)
 ])
 def test_errors_tell_the_user_what_to_change(provider, utm_raster, small_model, tmp_path, params, message):
     with pytest.raises(QgsProcessingException, match=message):
@@ -254,11 +258,13 @@ def test_graphical_model_chains_segment_and_evaluate(provider, utm_raster, small
 
 def test_qgis_process_runs_segment_headless(small_model, utm_raster, tmp_path):
     r = qgis_process(["run", "landcover:segment", "--", f"INPUT={utm_raster}", f"MODEL={small_model}",
-                      f"OUTPUT_RASTER={tmp_path / 'c.tif'}", f"OUTPUT_VECTOR={tmp_path / 'v.gpkg'}"], tmp_path)
+                      "PRECISION=bf16", f"OUTPUT_RASTER={tmp_path / 'c.tif'}", f"OUTPUT_VECTOR={tmp_path / 'v.gpkg'}"],
+                     tmp_path)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     result = json.loads(r.stdout[r.stdout.index("{"):])
     assert os.path.exists(result["results"]["OUTPUT_RASTER"]) and os.path.exists(tmp_path / "v.gpkg")
     assert os.path.exists(tmp_path / "c.qml")
+    assert "precision bf16" in r.stdout + r.stderr  # the log says which precision ran
 
 
 def test_package_is_one_installable_folder(tmp_path):

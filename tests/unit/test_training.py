@@ -325,9 +325,12 @@ def test_checkpoint_averaging_is_scored_and_kept_only_when_better(tmp_path, patt
     assert r.returncode == 0, r.stderr[-2000:]
     rows = _history(str(tmp_path / "m_log"))
     assert [row["epoch"] for row in rows] == ["0", "1", "2", "3", "4", "avg3-4"]
-    _, spec = load_model(str(out))
+    net, spec = load_model(str(out))
     assert spec.training["validation"]["val_miou"] == pytest.approx(max(float(row["val_miou"]) for row in rows),
                                                                     abs=1e-4)
+    # the file carries windows of its training imagery for int8 calibration
+    windows = net.calibration_windows
+    assert windows.shape[:2] == (16, 3) and windows.dtype == np.uint8 and windows.std() > 0
     # Without validation the average is the result.
     r = _train(*data, "--out", str(tmp_path / "n.safetensors"), "--epochs", "3", "--average-last", "3",
                *[a for a in COMMON if a not in ("--val-pattern", "scene[45]")], "--val-fraction", "0", "--passes", "1")

@@ -1,0 +1,159 @@
+"""int8 inference on CPUs: post-training quantization calibrated on the model file's own windows.
+
+The network is exported with dynamic batch and window size, observed on the calibration
+windows the model file carries (training imagery, never random data), converted to int8
+(torchao's PT2E flow with the X86 Inductor quantizer) and compiled ahead of time by Inductor
+into a package (a shared library whose kernels use the CPU's VNNI/AMX int8 instructions) for
+one input shape. Compiling takes tens of seconds, loading a package about one, so packages
+are kept between runs in `cache_dir()`, named by everything that shapes them (weights,
+calibration windows, normalisation, input shape, torch and torchao versions, CPU), and the
+engine chooses int8 by itself for a raster only where that pays (`worth_int8`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import weakref
+
+from .errors import InputError
+
+# Measured on the 2-core development CPU: quantizing and compiling a package took about 40 s,
+# loading a cached one 1.3 s; int8 saves about 0.8 s per megapixel there against bf16 (1.1 vs
+# 0.57 MP/s) and 1.3 s against fp32 on an AVX2 CPU (0.58 vs 0.33 MP/s, issue 13). So auto
+# chooses int8 from 2 MP where the package is cached, and from 32 MP where it must be compiled.
+INT8_MIN_PIXELS_CACHED = 2_000_000
+INT8_MIN_PIXELS_COLD = 32_000_000
+# auto uses int8 only for a model whose file records that int8 labels agreed with fp32's on at least
+# this share of pixels of real imagery (training.int8.agreement, from scripts/bench.py precision):
+# the land-cover model 0.9905 on imagery from other continents and 0.9951 on Dubai; the buildings
+# model 0.984 on its held-out chips, so auto leaves it in bf16 or fp32.
+INT8_MIN_AGREEMENT = 0.99
+
+
+def faithful(spec) -> bool:
+    """Whether the model file records an int8 agreement with fp32 good enough for auto to use int8."""
+    record = spec.training.get("int8") if isinstance(spec.training, dict) else None
+    agreement = record.get("agreement") if isinstance(record, dict) else None
+    return isinstance(agreement, (int, float)) and agreement >= INT8_MIN_AGREEMENT
+
+
+def cache_dir() -> str:
+    """Where compiled int8 packages are kept: `int8` in LANDCOVER_CACHE_DIR, else in the user's
+    cache folder (~/.cache/landcover_plugin), which outlives a reboot as /tmp does not."""
+    base = os.environ.get("LANDCOVER_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "landcover_plugin")
+    return os.path.join(base, "int8")
+
+
+def int8_available() -> bool:
+    import logging
+
+    # torchao warns at import about its CUDA kernels (mxfp8, cutlass) that a CPU build of torch cannot
+    # load, and torch about an enum torchao registers: neither concerns int8 on a CPU
+    quiet = [logging.getLogger(n) for n in ("torchao", "torch.utils._pytree")]
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.ERROR)
+    try:
+        import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401
+    except ImportError:
+        return False
+    finally:
+        for q, level in zip(quiet, levels):
+            q.setLevel(level)
+    return True
+
+
+def package_path(network, mean, std, shape) -> str:
+    """The cache file of `network`'s int8 package for inputs of `shape`."""
+    import numpy as np
+    import torch
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(network.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().float().cpu().numpy().tobytes())
+    windows = getattr(network, "calibration_windows", None)
+    h.update(b"" if windows is None else np.ascontiguousarray(windows).tobytes())
+    try:
+        import torchao
+
+        ao = torchao.__version__
+    except ImportError:
+        ao = None
+    h.update(json.dumps([list(mean), list(std), list(shape), torch.__version__, ao,
+                         torch.backends.cpu.get_cpu_capability()]).encode())
+    return os.path.join(cache_dir(), h.hexdigest()[:32] + ".pt2")
+
+
+# loaded packages by source network and input shape: evaluating many images loads once
+_loaded: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def worth_int8(network, mean, std, shape, pixels: int) -> bool:
+    """Whether int8 repays its set-up for a raster of `pixels`: a cached package loads in a second,
+    a new one compiles for tens of seconds."""
+    if pixels >= INT8_MIN_PIXELS_COLD:
+        return True
+    if pixels < INT8_MIN_PIXELS_CACHED:
+        return False
+    return tuple(shape) in _loaded.get(network, {}) or os.path.exists(package_path(network, mean, std, shape))
+
+
+def int8_network(source, fused, mean, std, shape, log=lambda m: None):
+    """A callable running `fused` (the inference form of `source`, a network from load_model) in int8
+    on normalised channels-last inputs of exactly `shape` (batch, bands, tile, tile: callers pad a
+    short batch).
+
+    Loaded from the cache where the package exists, else quantized on the calibration windows
+    `source` carries, compiled and stored there first.
+    """
+    per_shape = _loaded.setdefault(source, {})
+    shape = tuple(shape)
+    if shape not in per_shape:
+        path = package_path(source, mean, std, shape)
+        if not os.path.exists(path):
+            log(f"Quantizing the network to int8 and compiling it for this CPU (once; kept in {cache_dir()})...")
+            _compile(fused, getattr(source, "calibration_windows", None), mean, std, shape, path)
+        import torch
+
+        per_shape[shape] = torch._inductor.aoti_load_package(path)
+    return per_shape[shape]
+
+
+def _compile(network, windows, mean, std, shape, path: str) -> None:
+    if not int8_available():
+        raise InputError("int8 needs the torchao package (pip install torchao==0.18.0 into QGIS's Python); "
+                         "choose the auto, fp32 or bf16 precision.")
+    if windows is None or len(windows) == 0:
+        raise InputError("This model file carries no calibration windows, which int8 needs; add them with "
+                         "scripts/model_metadata.py MODEL --calibration IMAGES MASKS, or choose auto, fp32 or bf16.")
+    import torch
+    from torch.export import Dim
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+
+    x = torch.from_numpy(windows.astype("float32"))
+    x = (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    batch, rows, cols = Dim("batch", min=1, max=4096), Dim("rows", min=1, max=1024), Dim("cols", min=1, max=1024)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path[:-4]}.tmp-{os.getpid()}.pt2"  # AOTInductor wants the .pt2 ending
+    try:
+        with torch.no_grad():
+            # calibrated on windows of another size than the tiles: the export keeps sizes dynamic
+            exported = torch.export.export(network, (x[:2],), dynamic_shapes=({0: batch, 2: 16 * rows, 3: 16 * cols},))
+            quantizer = xiq.X86InductorQuantizer()
+            quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
+            observed = prepare_pt2e(exported.module(), quantizer)
+            observed(x)
+            # compiled code assumes its example's memory layout: channels-last, as the engine feeds it
+            example = torch.zeros(shape).contiguous(memory_format=torch.channels_last)
+            program = torch.export.export(convert_pt2e(observed), (example,))
+            # freezing makes the weights constants, so that Inductor prepacks them for its int8 kernels
+            with torch._inductor.config.patch(freezing=True):
+                torch._inductor.aoti_compile_and_package(program, package_path=tmp)
+        os.replace(tmp, path)  # whole or not at all: another process may be reading the cache
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -1,0 +1,167 @@
+"""Precision choice (auto, fp32, bf16, int8) and int8 inference calibrated on the model file's windows."""
+import functools
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from landcover_plugin.core import device as device_mod
+from landcover_plugin.core import quantize
+from landcover_plugin.core.errors import InputError
+from landcover_plugin.core.model_file import CALIBRATION_KEY, load_model, save_model
+from landcover_plugin.core.segment import SegmentOptions, segment
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CROP = os.path.join(ROOT, "tests", "data", "dubai_tile7_005_crop.tif")
+CROP_MASK = os.path.join(ROOT, "tests", "data", "dubai_tile7_005_crop_mask.png")
+CPU = torch.device("cpu")
+MODEL = os.path.join(ROOT, "landcover_plugin", "models", "landcover_default.safetensors")
+
+
+@pytest.fixture
+def cpu(monkeypatch):
+    """A CPU whose bf16 kernels can be switched on and off."""
+    state = {"bf16": False}
+    monkeypatch.setattr(device_mod, "cpu_has_bf16", lambda: state["bf16"])
+    return state
+
+
+@pytest.fixture
+def cache(tmp_path_factory, monkeypatch):
+    """int8 packages in a folder of the test session's, not the user's cache."""
+    folder = tmp_path_factory.getbasetemp() / "landcover-cache"
+    monkeypatch.setenv("LANDCOVER_CACHE_DIR", str(folder))
+    return folder
+
+
+def test_auto_on_a_cpu_picks_int8_where_it_pays_else_bf16_where_the_cpu_has_it(cpu):
+    choose = device_mod.choose_precision
+    assert choose(CPU, "auto", int8_pays=True) == "int8"
+    assert choose(CPU, "auto") == "fp32"
+    cpu["bf16"] = True
+    assert choose(CPU, "auto") == "bf16"
+    for forced in ("fp32", "bf16", "int8"):
+        assert choose(CPU, forced) == forced
+
+
+def test_auto_uses_int8_only_for_models_that_record_faithful_int8_labels():
+    from landcover_plugin.core.model_file import read_spec
+
+    models = os.path.join(ROOT, "landcover_plugin", "models")
+    assert quantize.faithful(read_spec(os.path.join(models, "landcover_default.safetensors")))
+    buildings = read_spec(os.path.join(models, "buildings_osm.safetensors"))
+    assert buildings.training["int8"]["agreement"] < quantize.INT8_MIN_AGREEMENT and not quantize.faithful(buildings)
+    unmeasured = buildings.with_training(int8=None)
+    assert not quantize.faithful(unmeasured)
+
+
+def test_int8_pays_from_a_few_megapixels_once_compiled_and_from_many_before(cache):
+    net, spec = load_model(MODEL)
+    shape = (2, 3, 512, 512)
+    worth = functools.partial(quantize.worth_int8, net, spec.mean, spec.std, shape)
+    assert worth(quantize.INT8_MIN_PIXELS_COLD) and not worth(quantize.INT8_MIN_PIXELS_COLD - 1)
+    path = quantize.package_path(net, spec.mean, spec.std, shape)
+    assert path.startswith(str(cache)) and path != quantize.package_path(net, spec.mean, spec.std, (4, 3, 512, 512))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    open(path, "wb").close()  # as if compiled by an earlier run
+    try:
+        assert worth(quantize.INT8_MIN_PIXELS_CACHED) and not worth(quantize.INT8_MIN_PIXELS_CACHED - 1)
+    finally:
+        os.remove(path)
+    # other weights, other package
+    with torch.no_grad():
+        next(net.parameters()).add_(1)
+    assert quantize.package_path(net, spec.mean, spec.std, shape) != path
+
+
+def test_bad_precisions_are_refused_with_the_choices():
+    with pytest.raises(InputError, match="auto, fp32, bf16, int8"):
+        device_mod.choose_precision(CPU, "int4")
+    if torch.cuda.is_available():
+        with pytest.raises(InputError, match="CPUs only"):
+            device_mod.choose_precision(torch.device("cuda"), "int8")
+
+
+def test_model_files_carry_calibration_windows(tmp_path):
+    net, spec = load_model(MODEL)
+    windows = net.calibration_windows
+    assert windows.dtype == np.uint8 and windows.shape == (16, 3, 128, 128)
+    assert windows.std() > 10  # imagery, not a constant
+    # re-saving keeps them; other windows replace them; the network loads as before
+    save_model(str(tmp_path / "a.safetensors"), net, spec, half=True)
+    again, _ = load_model(str(tmp_path / "a.safetensors"))
+    assert np.array_equal(again.calibration_windows, windows)
+    other = np.full((2, 3, 32, 32), 7, np.uint8)
+    save_model(str(tmp_path / "b.safetensors"), net, spec, calibration=other)
+    assert np.array_equal(load_model(str(tmp_path / "b.safetensors"))[0].calibration_windows, other)
+    net.calibration_windows = None
+    save_model(str(tmp_path / "c.safetensors"), net, spec)
+    assert load_model(str(tmp_path / "c.safetensors"))[0].calibration_windows is None
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "a.safetensors"), "pt") as f:
+        assert CALIBRATION_KEY in f.keys()
+
+
+def test_int8_labels_agree_with_fp32_the_log_says_int8_and_the_package_is_reused(tmp_path, cache):
+    if not quantize.int8_available():
+        pytest.skip("torchao is not installed")
+    model = load_model(MODEL)
+    labels, logs = {}, []
+    for precision in ("fp32", "int8"):
+        res = segment(CROP, str(tmp_path / f"{precision}.tif"), model, log=logs.append,
+                      options=SegmentOptions(device="cpu", precision=precision))
+        assert res.precision == precision
+        with rasterio.open(res.class_path) as ds:
+            labels[precision] = ds.read(1)
+    agreement = (labels["fp32"] == labels["int8"]).mean()
+    assert agreement > 0.99, agreement  # 99.7% when measured
+    assert any("precision int8" in m for m in logs) and any(quantize.cache_dir() in m for m in logs)
+    packages = list(cache.glob("int8/*.pt2"))
+    assert len(packages) == 1
+    # another process (a later run) loads the package instead of compiling: fast, and the same labels
+    code = (f"import sys, time; sys.path.insert(0, {ROOT!r}); import rasterio; "
+            "from landcover_plugin.core.model_file import load_model; "
+            "from landcover_plugin.core.segment import SegmentOptions, segment; "
+            f"m = load_model({MODEL!r}); t = time.perf_counter(); "
+            f"r = segment({CROP!r}, {str(tmp_path / 'again.tif')!r}, m, log=print, "
+            "options=SegmentOptions(device='cpu', precision='int8')); print('seconds', time.perf_counter() - t)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "LANDCOVER_CACHE_DIR": str(cache)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Quantizing" not in done.stdout and list(cache.glob("int8/*.pt2")) == packages
+    assert float(done.stdout.split("seconds")[-1]) < 20  # a compile took 40 s here; loading 1-2 s
+    with rasterio.open(tmp_path / "again.tif") as ds:
+        assert np.array_equal(ds.read(1), labels["int8"])
+
+
+def test_int8_without_calibration_windows_is_a_clear_error_and_writes_nothing(tmp_path, cache):
+    net, spec = load_model(MODEL)
+    net.calibration_windows = None
+    out = tmp_path / "classes.tif"
+    with pytest.raises(InputError, match="calibration windows"):
+        segment(CROP, str(out), (net, spec), options=SegmentOptions(device="cpu", precision="int8"),
+                log=lambda m: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_precision_reports_agreement_and_both_figures(tmp_path):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    os.symlink(CROP, images / "crop.tif")
+    os.symlink(CROP_MASK, masks / "crop.png")
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench.py"), "precision", str(images),
+                           str(masks), "--precision", "bf16", "--json"], capture_output=True, text=True, cwd=ROOT,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["precision"] == "bf16"
+    for key in ("agreement", "miou_fp32", "miou", "mp_per_s_fp32", "mp_per_s"):
+        assert isinstance(result[key], float), key
+    assert 0.98 < result["agreement"] <= 1 and abs(result["miou"] - result["miou_fp32"]) < 0.02
