@@ -46,8 +46,19 @@ def cache_dir() -> str:
     return os.path.join(base, "int8")
 
 
+def compiler_available() -> bool:
+    """Inductor compiles int8 kernels with the system's C++ compiler; QGIS installs rarely bring one."""
+    import shutil
+
+    return any(shutil.which(c) for c in ("g++", "c++", "clang++", "cl"))
+
+
 def int8_available() -> bool:
+    """torchao is importable and a C++ compiler is there: what int8 needs besides the model's windows."""
     import logging
+
+    if not compiler_available():
+        return False
 
     # torchao warns at import about its CUDA kernels (mxfp8, cutlass) that a CPU build of torch cannot
     # load, and torch about an enum torchao registers: neither concerns int8 on a CPU
@@ -116,19 +127,33 @@ def int8_network(source, fused, mean, std, shape, log=lambda m: None):
         if not os.path.exists(path):
             log(f"Quantizing the network to int8 and compiling it for this CPU (once; kept in {cache_dir()})...")
             _compile(fused, getattr(source, "calibration_windows", None), mean, std, shape, path)
-        import torch
-
-        per_shape[shape] = torch._inductor.aoti_load_package(path)
+        per_shape[shape] = _load(path, lambda: _compile(fused, getattr(source, "calibration_windows", None), mean,
+                                                        std, shape, path))
     return per_shape[shape]
 
 
+def _load(path: str, recompile):
+    """Load a package; one that cannot be loaded (damaged, or left by another build) is compiled again."""
+    import torch
+
+    try:
+        return torch._inductor.aoti_load_package(path)
+    except (RuntimeError, OSError, ValueError):
+        os.remove(path)
+        recompile()
+        return torch._inductor.aoti_load_package(path)
+
+
 def _compile(network, windows, mean, std, shape, path: str) -> None:
-    if not int8_available():
-        raise InputError("int8 needs the torchao package (pip install torchao==0.18.0 into QGIS's Python); "
-                         "choose the auto, fp32 or bf16 precision.")
     if windows is None or len(windows) == 0:
         raise InputError("This model file carries no calibration windows, which int8 needs; add them with "
                          "scripts/model_metadata.py MODEL --calibration IMAGES MASKS, or choose auto, fp32 or bf16.")
+    if not compiler_available():
+        raise InputError("int8 compiles the network for this CPU and needs a C++ compiler (g++ on Linux, Xcode's "
+                         "clang on macOS, Visual Studio's cl on Windows) on the PATH; choose auto, fp32 or bf16.")
+    if not int8_available():
+        raise InputError("int8 needs the torchao package (pip install torchao==0.18.0 into QGIS's Python); "
+                         "choose the auto, fp32 or bf16 precision.")
     import torch
     from torch.export import Dim
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e

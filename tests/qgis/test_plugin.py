@@ -137,7 +137,7 @@ def test_extent_and_bands(provider, utm_raster, small_model, tmp_path):
     ({"BANDS": [1, 2, 7]}, "Band 7 does not exist"),
     ({"EXTENT": "0,10,0,10 [EPSG:32640]"}, "does not overlap"),
     ({"TILE_SIZE": 64, "OVERLAP": 40}, "less than half"),
-    ({"PRECISION": "int8"}, "int8 needs"),  # this model file has no calibration windows (or torchao is missing)
+    ({"PRECISION": "int8"}, "calibration windows, which int8 needs"),  # this model file has none
 ])
 def test_errors_tell_the_user_what_to_change(provider, utm_raster, small_model, tmp_path, params, message):
     with pytest.raises(QgsProcessingException, match=message):

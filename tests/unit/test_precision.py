@@ -110,7 +110,7 @@ def test_model_files_carry_calibration_windows(tmp_path):
 
 def test_int8_labels_agree_with_fp32_the_log_says_int8_and_the_package_is_reused(tmp_path, cache):
     if not quantize.int8_available():
-        pytest.skip("torchao is not installed")
+        pytest.skip("torchao or a C++ compiler is missing")
     model = load_model(MODEL)
     labels, logs = {}, []
     for precision in ("fp32", "int8"):
@@ -137,6 +137,13 @@ def test_int8_labels_agree_with_fp32_the_log_says_int8_and_the_package_is_reused
     assert "Quantizing" not in done.stdout and list(cache.glob("int8/*.pt2")) == packages
     assert float(done.stdout.split("seconds")[-1]) < 20  # a compile took 40 s here; loading 1-2 s
     with rasterio.open(tmp_path / "again.tif") as ds:
+        assert np.array_equal(ds.read(1), labels["int8"])
+    # a damaged package is compiled again rather than failing the job
+    packages[0].write_bytes(b"not a package")
+    quantize._loaded.clear()
+    res = segment(CROP, str(tmp_path / "repaired.tif"), model, log=lambda m: None,
+                  options=SegmentOptions(device="cpu", precision="int8"))
+    with rasterio.open(res.class_path) as ds:
         assert np.array_equal(ds.read(1), labels["int8"])
 
 
