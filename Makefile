@@ -133,7 +133,7 @@ deploy: stage
 	cp -r $(STAGE)/landcover_plugin $(PROFILE)/python/plugins/
 	$(QGIS_PYTHON) -c "import torch, safetensors" 2>/dev/null || \
 	  $(QGIS_PYTHON) -m pip install -q --no-deps --target $(PROFILE)/python/landcover_deps \
-	    torch==2.13.0 safetensors filelock fsspec jinja2 MarkupSafe networkx sympy mpmath typing_extensions
+	    torch==2.13.0 safetensors torchao==0.18.0 filelock fsspec jinja2 MarkupSafe networkx sympy mpmath typing_extensions
 	@echo "deployed to $(PROFILE)/python/plugins/landcover_plugin; enable it in Plugins > Manage and Install Plugins"
 
 undeploy:
