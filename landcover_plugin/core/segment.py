@@ -286,8 +286,22 @@ class _Job:
                      and getattr(network, "calibration_windows", None) is not None and quantize.int8_available()
                      and quantize.worth_int8(network, spec.mean, spec.std, shape, pixels))
         precision = choose_precision(device, self.opts.precision, int8_pays)
-        predictor = Predictor(network, spec.mean, spec.std, blend_weights(self.tile, self.overlap), device,
-                              batch, self.opts.tta, precision, self.log)
+        weights = blend_weights(self.tile, self.overlap)
+        try:
+            predictor = Predictor(network, spec.mean, spec.std, weights, device, batch, self.opts.tta, precision,
+                                  self.log)
+        except (InputError, Cancelled):
+            raise
+        except Exception as exc:  # Inductor's compiler can fail on a machine we never saw
+            if precision != "int8":
+                raise
+            why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+            if self.opts.precision == "int8":
+                raise InputError(f"int8 could not be compiled on this machine ({why}); choose auto, fp32 or "
+                                 f"bf16.") from None
+            precision = choose_precision(device, "auto", int8_pays=False)
+            self.log(f"int8 could not be compiled on this machine ({why}); running {precision} instead.")
+            predictor = Predictor(network, spec.mean, spec.std, weights, device, batch, self.opts.tta, precision)
         self.log(f"Device {describe(device)}, precision {precision}, "
                  f"batch size {batch}, tile {self.tile}, overlap {self.overlap}, "
                  f"{self.region.width} x {self.region.height} pixels.")

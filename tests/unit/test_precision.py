@@ -172,3 +172,25 @@ def test_bench_precision_reports_agreement_and_both_figures(tmp_path):
     for key in ("agreement", "miou_fp32", "miou", "mp_per_s_fp32", "mp_per_s"):
         assert isinstance(result[key], float), key
     assert 0.98 < result["agreement"] <= 1 and abs(result["miou"] - result["miou_fp32"]) < 0.02
+
+
+def test_a_failing_int8_compile_falls_back_under_auto_and_is_one_clear_error_when_forced(tmp_path, monkeypatch):
+    monkeypatch.setenv("LANDCOVER_CACHE_DIR", str(tmp_path / "empty-cache"))  # nothing compiled yet
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("C++ compile error\nmany lines of compiler output")
+
+    monkeypatch.setattr(quantize, "_compile", broken)
+    monkeypatch.setattr(quantize, "int8_available", lambda: True)
+    monkeypatch.setattr(quantize, "INT8_MIN_PIXELS_CACHED", 0)
+    monkeypatch.setattr(quantize, "worth_int8", lambda *args: True)
+    model = load_model(MODEL)
+    logs = []
+    res = segment(CROP, str(tmp_path / "auto.tif"), model, log=logs.append,
+                  options=SegmentOptions(device="cpu", precision="auto"))
+    assert res.precision in ("bf16", "fp32") and os.path.exists(res.class_path)
+    assert any("int8 could not be compiled" in m and "C++ compile error" in m for m in logs)
+    with pytest.raises(InputError, match="int8 could not be compiled on this machine"):
+        segment(CROP, str(tmp_path / "forced.tif"), model, log=lambda m: None,
+                options=SegmentOptions(device="cpu", precision="int8"))
+    assert not os.path.exists(tmp_path / "forced.tif")
