@@ -102,14 +102,20 @@ def package_path(network, mean, std, shape) -> str:
 _loaded: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def worth_int8(network, mean, std, shape, pixels: int) -> bool:
-    """Whether int8 repays its set-up for a raster of `pixels`: a cached package loads in a second,
-    a new one compiles for tens of seconds."""
+def worth_int8(network, spec, shape, pixels: int) -> bool:
+    """Whether auto should run `network` (from load_model) in int8 on a CPU for a raster of `pixels`:
+    its file records faithful int8 labels and carries calibration windows, int8 can run here, and the
+    raster repays the set-up (a cached package loads in a second, a new one compiles for tens of
+    seconds). The cheapest tests come first: importing torchao takes seconds a small raster should
+    not pay."""
+    if not faithful(spec) or pixels < INT8_MIN_PIXELS_CACHED:
+        return False
+    if getattr(network, "calibration_windows", None) is None or not int8_available():
+        return False
     if pixels >= INT8_MIN_PIXELS_COLD:
         return True
-    if pixels < INT8_MIN_PIXELS_CACHED:
-        return False
-    return tuple(shape) in _loaded.get(network, {}) or os.path.exists(package_path(network, mean, std, shape))
+    return tuple(shape) in _loaded.get(network, {}) or os.path.exists(
+        package_path(network, spec.mean, spec.std, shape))
 
 
 def int8_network(source, fused, mean, std, shape, log=lambda m: None):

@@ -279,12 +279,8 @@ class _Job:
         spec, region = self.spec, self.region
         reader = WindowReader(self.src, self.bands, region, self.scale, spec.mean)
         shape = (batch, len(self.bands), self.tile, self.tile)
-        pixels = reader.width * reader.height
-        # cheapest tests first: importing torchao takes seconds, which a small raster should not pay
-        int8_pays = (device.type == "cpu" and self.opts.precision == "auto" and quantize.faithful(spec)
-                     and pixels >= quantize.INT8_MIN_PIXELS_CACHED
-                     and getattr(network, "calibration_windows", None) is not None and quantize.int8_available()
-                     and quantize.worth_int8(network, spec.mean, spec.std, shape, pixels))
+        int8_pays = (device.type == "cpu" and self.opts.precision == "auto"
+                     and quantize.worth_int8(network, spec, shape, reader.width * reader.height))
         precision = choose_precision(device, self.opts.precision, int8_pays)
         weights = blend_weights(self.tile, self.overlap)
         try:
@@ -295,7 +291,7 @@ class _Job:
         except Exception as exc:  # Inductor's compiler can fail on a machine we never saw
             if precision != "int8":
                 raise
-            why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+            why = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
             if self.opts.precision == "int8":
                 raise InputError(f"int8 could not be compiled on this machine ({why}); choose auto, fp32 or "
                                  f"bf16.") from None
