@@ -15,6 +15,10 @@ if ROOT not in sys.path:
 os.environ.setdefault("GDAL_CACHEMAX", "16")
 
 
+DEVICE_HELP = ("auto, cpu, cuda, cuda:N (one GPU), cuda:all (every GPU, a process each, parts of the raster "
+               "at once) or a comma-separated list of devices, e.g. cuda:0,cuda:1")
+
+
 def setup(quiet: bool = False) -> None:
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
     try:

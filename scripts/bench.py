@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Measure the engine: the whole path per stage, peak memory by raster size, label agreement, throughput.
 
-    python scripts/bench.py [--size N | --input PATH] [--model PATH | --base-channels W] [--device auto|cpu|cuda]
+    python scripts/bench.py [--size N | --input PATH] [--model PATH | --base-channels W] [--device DEVICE]
                             [--tile N] [--batch N] [--compare-onnx] [--skip-vectorize] [--json]
     python scripts/bench.py memory [--sizes 2048 16384]
     python scripts/bench.py agreement [--tiles 256 1024] [--model FILE]
@@ -9,6 +9,7 @@
     python scripts/bench.py model [--base-width 32 --tile 512 --device cuda --batch-size 16]
     python scripts/bench.py polygons [--size 10000 --min-area 4 --simplify 0 1]
     python scripts/bench.py precision IMAGES [MASKS] [--model FILE]
+    python scripts/bench.py parts [--devices cuda:all --single cuda --size 4096]
 
 Each prints a table and, last, one line of JSON. Rasters are built from the committed
 Dubai fixture, mirrored to fill the size, tiled and compressed like real orthophotos.
@@ -409,7 +410,7 @@ def run_bench(argv) -> int:
     mdl = p.add_mutually_exclusive_group()
     mdl.add_argument("--model", help="model file or bundled model name (default: the bundled land-cover model)")
     mdl.add_argument("--base-channels", type=int, help="a random-weight U-Net of this base width instead")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", help=_common.DEVICE_HELP)
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "int8"))
     p.add_argument("--cold", action="store_true",
                    help="time int8's one-off compile inside the run instead of preparing its package first")
@@ -468,7 +469,7 @@ def parse_args(argv=None):
         sp.add_argument("--depth", type=int, default=4)
         sp.add_argument("--tile", type=int, default=tile)
         sp.add_argument("--overlap", type=int, default=64)
-        sp.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+        sp.add_argument("--device", default="cpu", help=_common.DEVICE_HELP)
         sp.add_argument("--batch-size", type=int, default=0)
         sp.add_argument("--workdir", default=None, help="where temporary rasters go (default: system temp)")
 
@@ -499,6 +500,17 @@ def parse_args(argv=None):
                     help="compared with fp32 (auto: what the engine picks for each image)")
     pr.add_argument("--json", action="store_true", help="accepted for symmetry: the last line is always JSON")
     pr.add_argument("--workdir", default=None)
+    pa = sub.add_parser("parts", help="one raster on one device and on several at once: speed, identical outputs")
+    pa.add_argument("--devices", default="cuda:all", help="the several: " + _common.DEVICE_HELP)
+    pa.add_argument("--single", default="auto", help="the one device compared with")
+    pa.add_argument("--size", type=int, default=4096)
+    pa.add_argument("--input", help="a real raster instead")
+    pa.add_argument("--model")
+    pa.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "int8"))
+    pa.add_argument("--batch-size", type=int, default=0)
+    pa.add_argument("--tile", type=int)
+    pa.add_argument("--overlap", type=int)
+    pa.add_argument("--workdir", default=None)
     g = sub.add_parser("polygons", help="sieve and polygons of a large class raster: time and peak RSS")
     g.add_argument("--size", type=int, default=10000)
     g.add_argument("--min-area", type=float, default=4.0, help="square metres (pixels are 0.5 m)")
@@ -516,7 +528,42 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-SUBCOMMANDS = ("memory", "agreement", "throughput", "model", "polygons", "precision", "_child", "_polygons")
+def cmd_parts(args) -> dict:
+    """One raster on one device, then on several at once (a process each): speed, and whether the outputs agree."""
+    import numpy as np
+    import rasterio
+
+    from landcover_plugin.core.model_file import load_model, resolve_model_path
+    from landcover_plugin.core.segment import SegmentOptions, segment
+
+    model = load_model(resolve_model_path(args.model))
+    result = {"bench": "parts"}
+    with tempfile.TemporaryDirectory(prefix="landcover-bench-", dir=args.workdir) as tmp:
+        raster = args.input or make_raster(os.path.join(tmp, "in.tif"), args.size)
+        outputs = {}
+        for run, device in (("single", args.single), ("parts", args.devices)):
+            cls, conf = os.path.join(tmp, f"{run}.tif"), os.path.join(tmp, f"{run}_conf.tif")
+            t0 = time.perf_counter()
+            res = segment(raster, cls, model, confidence_path=conf, log=lambda m: None,
+                          options=SegmentOptions(device=device, precision=args.precision, batch_size=args.batch_size,
+                                                 tile_size=args.tile, overlap=args.overlap))
+            seconds = time.perf_counter() - t0
+            with rasterio.open(cls) as a, rasterio.open(conf) as b:
+                outputs[run] = a.read(1), b.read(1)
+            result.update({f"device_{run}": res.device, f"precision_{run}": res.precision,
+                           f"seconds_{run}": round(seconds, 3), f"mp_per_s_{run}": round(res.megapixels / seconds, 4)})
+            print(f"{run}: {res.megapixels:.2f} MP in {seconds:.2f} s on {res.device} in {res.precision}", flush=True)
+    (la, ca), (lb, cb) = outputs["single"], outputs["parts"]
+    result.update(megapixels=round(la.size / 1e6, 3), identical_labels=bool(np.array_equal(la, lb)),
+                  label_agreement=float((la == lb).mean()), max_confidence_difference=float(np.abs(ca - cb).max()),
+                  speedup=round(result["seconds_single"] / result["seconds_parts"], 3))
+    print(f"parts / single speed {result['speedup']}; labels identical: {result['identical_labels']} "
+          f"({100 * result['label_agreement']:.4f}% agree); confidence differs by at most "
+          f"{result['max_confidence_difference']:.2g}")
+    return result
+
+
+SUBCOMMANDS = ("memory", "agreement", "throughput", "model", "polygons", "precision", "parts", "_child", "_polygons")
 
 
 def main(argv=None) -> int:
@@ -530,7 +577,7 @@ def main(argv=None) -> int:
         return _child_polygons(args)
     _common.setup(quiet=True)
     commands = {"memory": cmd_memory, "agreement": cmd_agreement, "throughput": cmd_throughput, "model": cmd_model,
-                "polygons": cmd_polygons, "precision": cmd_precision}
+                "polygons": cmd_polygons, "precision": cmd_precision, "parts": cmd_parts}
     result = commands[args.cmd](args)
     print(json.dumps(result))
     return 0

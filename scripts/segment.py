@@ -22,7 +22,7 @@ def parse_args(argv=None):
     p.add_argument("--tile-size", type=int)
     p.add_argument("--overlap", type=int)
     p.add_argument("--batch-size", type=int, default=0)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", help=_common.DEVICE_HELP)
     p.add_argument("--tta", action="store_true")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "int8"),
                    help="auto: int8 on a CPU for rasters of 16 MP or more where it can run, else bf16 where the "

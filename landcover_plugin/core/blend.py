@@ -19,7 +19,10 @@ Emit = Callable[[int, int, object], None]
 
 class StripBlender:
     def __init__(self, height: int, width: int, classes: int, tile: int, overlap: int,
-                 ys: np.ndarray, xs: np.ndarray, emit: Emit, end_strip: Callable[[int], None], device="cpu"):
+                 ys: np.ndarray, xs: np.ndarray, emit: Emit, end_strip: Callable[[int], None], device="cpu",
+                 first_strip: int = 0):
+        """first_strip: the window row that arrives first; the rows it shares with the strip above
+        lack that strip's scores, so a caller starting below the top discards them."""
         import torch
 
         self.h, self.w, self.tile, self.overlap = height, width, tile, overlap
@@ -27,7 +30,7 @@ class StripBlender:
         self.emit, self.end_strip = emit, end_strip
         self.col = torch.zeros((classes, tile, tile), dtype=torch.float32, device=device)
         self.carry = torch.zeros((classes, overlap, int(xs[-1] + tile - xs[0])), dtype=torch.float32, device=device)
-        self._next = (0, 0)
+        self._next = (first_strip, 0)
 
     def add(self, k: int, j: int, scores) -> None:
         """Add the weighted scores (tensor) of window (strip k, column j); None for a skipped window."""

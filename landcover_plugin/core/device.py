@@ -19,12 +19,36 @@ def torch_or_error():
     return torch
 
 
-def resolve_device(name: str):
+def device_names(name: str) -> list[str]:
+    """The devices a job runs on, one process each where there are several: "cuda:all" (every
+    GPU PyTorch sees), a comma-separated list ("cuda:0,cuda:1"; "cpu,cpu" runs two processes on
+    the CPU, sharing its cores), or a single device name (see resolve_device)."""
     torch = torch_or_error()
-    if name not in DEVICES:
-        raise InputError(f"Unknown device \"{name}\"; choose one of {', '.join(DEVICES)}.")
-    if name == "cuda" and not torch.cuda.is_available():
+    name = (name or "auto").strip()
+    if name == "cuda:all":
+        if not torch.cuda.is_available():
+            raise InputError("All GPUs were asked for but no CUDA GPU is available to PyTorch; choose the cpu or "
+                             "auto device.")
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    names = [n.strip() for n in name.split(",")]
+    kinds = {resolve_device(n).type for n in names}
+    if len(kinds) > 1:
+        raise InputError(f"The devices \"{name}\" mix the CPU and GPUs; list devices of one kind.")
+    return names
+
+
+def resolve_device(name: str):
+    """One device: auto, cpu, cuda (the current GPU) or cuda:N."""
+    torch = torch_or_error()
+    index = name[5:] if name.startswith("cuda:") else None
+    if name not in DEVICES and not (index and index.isdigit()):
+        raise InputError(f"Unknown device \"{name}\"; choose one of {', '.join(DEVICES)}, cuda:N (one GPU) or "
+                         f"cuda:all (every GPU).")
+    if name.startswith("cuda") and not torch.cuda.is_available():
         raise InputError("CUDA was asked for but no CUDA GPU is available to PyTorch; choose the cpu or auto device.")
+    if index and int(index) >= torch.cuda.device_count():
+        raise InputError(f"There is no GPU {index}: PyTorch sees {torch.cuda.device_count()}; choose cuda:0 to "
+                         f"cuda:{torch.cuda.device_count() - 1}.")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cpu":

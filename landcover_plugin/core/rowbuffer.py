@@ -2,7 +2,8 @@
 
 Writing each block of a compressed GeoTIFF exactly once keeps files compact and
 avoids GDAL re-reading half-written blocks; the buffer holds at most one block row
-plus one strip of rows, for the full width.
+plus one strip of rows, for the full width. A buffer may cover only rows start..height
+of the image (a part run by another process): then start is a multiple of the block.
 """
 from __future__ import annotations
 
@@ -16,12 +17,15 @@ Writer = Callable[[int, list], None]
 
 class RowBuffer:
     def __init__(self, width: int, height: int, block: int, max_rows: int,
-                 layers: Sequence[tuple[int, object, object]], write: Writer):
-        """layers: (bands, dtype, fill) of each array kept, e.g. labels and confidence."""
+                 layers: Sequence[tuple[int, object, object]], write: Writer, start: int = 0):
+        """layers: (bands, dtype, fill) of each array kept, e.g. labels and confidence;
+        rows start..height are buffered and written, `height` being the row they end before."""
+        if start % block:
+            raise ValueError("a buffer's first row must start a block")
         self.height, self.block = height, block
         self.bufs = [np.full((b, block + max_rows, width), fill, dtype) for b, dtype, fill in layers]
         self.fills = [fill for _, _, fill in layers]
-        self.row0 = 0  # image row held at index 0 of the buffers
+        self.row0 = start  # image row held at index 0 of the buffers
         self.write = write
 
     def put(self, row: int, col: int, values: Sequence[np.ndarray]) -> None:

@@ -13,12 +13,13 @@ import numpy as np
 import rasterio
 
 from . import outputs, quantize
-from .device import auto_batch, choose_precision, describe, read_threads, resolve_device, torch_or_error
+from .device import auto_batch, choose_precision, describe, device_names, read_threads, resolve_device, torch_or_error
 from .errors import Cancelled, InputError
 from .geo import ground_geometry
 from .model_file import ModelSpec, load_model, resolve_model_path
+from .multidevice import PartJob, run_parts, split_rows
 from .reader import Region, WindowReader, read_valid
-from .sinks import LabelWriter, prob_sink
+from .sinks import LabelWriter, SinkPlan, probability_writer
 from .sliding import slide
 from .stopwatch import Stopwatch
 from .windows import blend_weights
@@ -270,22 +271,70 @@ class _Job:
 
     def run(self, network, class_path, conf_path, files, progress: Progress, cancel: Cancel):
         torch_or_error()
-        device = resolve_device(self.opts.device)
+        names = device_names(self.opts.device)
+        device = resolve_device(names[0])
         batch = self.opts.batch_size or auto_batch(device, self.tile, self.spec.base_width)
         if batch < 0:
             raise InputError("The batch size must be 0 (automatic) or positive.")
-        from .predictor import Predictor
-
         spec, region = self.spec, self.region
         reader = WindowReader(self.src, self.bands, region, self.scale, spec.mean)
         shape = (batch, len(self.bands), self.tile, self.tile)
         int8_pays = (device.type == "cpu" and self.opts.precision == "auto"
                      and quantize.worth_int8(network, spec, shape, reader.width * reader.height))
         precision = choose_precision(device, self.opts.precision, int8_pays)
+        parts = split_rows(reader.height, names, outputs.BLOCK) if len(names) > 1 else []
+        predictor = None
+        if len(parts) <= 1 or precision == "int8":
+            # with parts, an int8 network is compiled (or its fallback chosen) here once, not by every process
+            device = resolve_device(parts[0].device) if parts else device
+            predictor, precision = self._predictor(network, device, batch, precision)
+        where = describe(device) if len(parts) <= 1 else \
+            f"{len(parts)} processes on {', '.join(p.device for p in parts)}"
+        self.log(f"Device {where}, precision {precision}, batch size {batch}, tile {self.tile}, "
+                 f"overlap {self.overlap}, {self.region.width} x {self.region.height} pixels.")
+        ids = np.array([c.id for c in spec.classes], np.uint8)
+        grid = dict(width=region.width, height=region.height, crs=self.src.crs, transform=self.transform)
+
+        def classify(plan, write):
+            if len(parts) > 1:
+                job = PartJob(self.src.name, self.bands, region, self.scale, tuple(spec.mean), tuple(spec.std),
+                              self.tile, self.overlap, self.opts.batch_size, spec.base_width, self.opts.tta,
+                              precision, spec.num_classes, plan, network)
+                run_parts(job, parts, write, progress, cancel, self.log, self.watch)
+            else:
+                slide(reader, predictor, spec.num_classes, self.tile, self.overlap,
+                      plan.build(write, self.tile, device), progress, cancel, self.watch, read_threads(device))
+
+        with rasterio.open(class_path, "w", **outputs.class_profile(**grid)) as cls_ds, \
+                _open_optional(conf_path, outputs.confidence_profile(**grid)) as conf_ds:
+            outputs.write_class_styling(cls_ds, spec.classes)
+            cls_ds.update_tags(MODEL=spec.name, DEVICE=device.type, TILE_SIZE=self.tile, OVERLAP=self.overlap)
+            final = LabelWriter(ids, cls_ds, conf_ds, lambda r, n: read_valid(self.mask_src, self.bands, region, r, n),
+                                 self.watch)
+            if self.scale == 1.0:
+                classify(final.plan(region.width, region.height), final.write_rows)
+            else:
+                prob_path = files.scratch(os.path.dirname(os.path.abspath(class_path)), ".tif")
+                prob_profile = outputs.geotiff_profile(reader.width, reader.height, None, rasterio.Affine.identity(),
+                                                       "uint8", None, count=len(ids))
+                with rasterio.open(prob_path, "w", **prob_profile) as prob_ds:
+                    classify(SinkPlan("probabilities", reader.width, reader.height, len(ids)),
+                             probability_writer(prob_ds))
+                with rasterio.open(prob_path) as prob_ds:
+                    final.from_probabilities(prob_ds, region.width, region.height, self.scale, cancel)
+        if len(parts) > 1:
+            return where, batch, precision
+        return describe(device), predictor.batch_size, precision
+
+    def _predictor(self, network, device, batch, precision):
+        """(Predictor, precision that runs): an int8 network that cannot be compiled here falls back under auto."""
+        from .predictor import Predictor
+
+        spec = self.spec
         weights = blend_weights(self.tile, self.overlap)
         try:
-            predictor = Predictor(network, spec.mean, spec.std, weights, device, batch, self.opts.tta, precision,
-                                  self.log)
+            return Predictor(network, spec.mean, spec.std, weights, device, batch, self.opts.tta, precision,
+                             self.log), precision
         except (InputError, Cancelled):
             raise
         except Exception as exc:  # Inductor's compiler can fail on a machine we never saw
@@ -297,33 +346,7 @@ class _Job:
                                  f"bf16.") from None
             precision = choose_precision(device, "auto", int8_pays=False)
             self.log(f"int8 could not be compiled on this machine ({why}); running {precision} instead.")
-            predictor = Predictor(network, spec.mean, spec.std, weights, device, batch, self.opts.tta, precision)
-        self.log(f"Device {describe(device)}, precision {precision}, "
-                 f"batch size {batch}, tile {self.tile}, overlap {self.overlap}, "
-                 f"{self.region.width} x {self.region.height} pixels.")
-        ids = np.array([c.id for c in spec.classes], np.uint8)
-        grid = dict(width=region.width, height=region.height, crs=self.src.crs, transform=self.transform)
-        with rasterio.open(class_path, "w", **outputs.class_profile(**grid)) as cls_ds, \
-                _open_optional(conf_path, outputs.confidence_profile(**grid)) as conf_ds:
-            outputs.write_class_styling(cls_ds, spec.classes)
-            cls_ds.update_tags(MODEL=spec.name, DEVICE=device.type, TILE_SIZE=self.tile, OVERLAP=self.overlap)
-            final = LabelWriter(ids, cls_ds, conf_ds, lambda r, n: read_valid(self.mask_src, self.bands, region, r, n),
-                                 self.watch)
-            if self.scale == 1.0:
-                slide(reader, predictor, self.spec.num_classes, self.tile, self.overlap,
-                      final.sink(region.width, region.height, self.tile, device), progress, cancel, self.watch,
-                      read_threads(device))
-            else:
-                prob_path = files.scratch(os.path.dirname(os.path.abspath(class_path)), ".tif")
-                prob_profile = outputs.geotiff_profile(reader.width, reader.height, None, rasterio.Affine.identity(),
-                                                       "uint8", None, count=len(ids))
-                with rasterio.open(prob_path, "w", **prob_profile) as prob_ds:
-                    slide(reader, predictor, self.spec.num_classes, self.tile, self.overlap,
-                          prob_sink(prob_ds, reader.width, reader.height, self.tile, device), progress, cancel,
-                          self.watch, read_threads(device))
-                with rasterio.open(prob_path) as prob_ds:
-                    final.from_probabilities(prob_ds, region.width, region.height, self.scale, cancel)
-        return describe(device), predictor.batch_size, precision
+            return Predictor(network, spec.mean, spec.std, weights, device, batch, self.opts.tta, precision), precision
 
 
 def _open_optional(path, profile):

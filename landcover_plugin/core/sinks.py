@@ -2,6 +2,7 @@
 on the model's grid for resampling; both write whole block rows, masking invalid pixels."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -12,25 +13,53 @@ from . import outputs
 from .classes import NODATA_CLASS
 from .device import torch_or_error
 from .errors import Cancelled
-from .rowbuffer import RowBuffer
+from .rowbuffer import RowBuffer, Writer
 from .stopwatch import Stopwatch
 from .strips import host_sink
 
 
-def prob_sink(ds, width, height, tile, device, gather=None):
-    """Probabilities (0..255) on the model's grid, for resampling onto the raster's grid."""
-    torch = torch_or_error()
+@dataclass(frozen=True)
+class SinkPlan:
+    """What the blended scores of an image become, in whole block rows handed to
+    write(row0, [array (bands, rows, width) per layer]): "labels" (class indices, and
+    confidence when `confidence`) or "probabilities" (0..255 per class, for resampling).
+    Plain data, so that a process running part of the image can build the same sink."""
 
+    kind: str
+    width: int
+    height: int
+    classes: int
+    confidence: bool = False
+
+    def build(self, write: Writer, tile: int, device, rows: tuple[int, int] | None = None, gather=None):
+        """(put, done_until) for slide(); rows: the part of the image this sink receives."""
+        torch = torch_or_error()
+        start, end = rows or (0, self.height)
+        if self.kind == "probabilities":
+            layers = [(self.classes, np.uint8, 0, torch.uint8)]
+
+            def values(scores):
+                return [(scores * 255).round_().clamp_(0, 255).to(dtype=torch.uint8)]
+        else:
+            layers = [(1, np.uint8, 0, torch.uint8)]
+            if self.confidence:
+                layers.append((1, np.float32, 0.0, torch.float32))
+
+            def values(scores):
+                conf, idx = scores.max(dim=0, keepdim=True)
+                return [idx.to(dtype=torch.uint8)] + ([conf] if self.confidence else [])
+
+        buf = RowBuffer(self.width, end, outputs.BLOCK, tile, [lay[:3] for lay in layers], write, start)
+        put_values, done_until = host_sink(buf, device, self.width, tile, [(b, t) for b, _, _, t in layers], gather)
+        return (lambda r, c, scores: put_values(r, c, values(scores))), done_until
+
+
+def probability_writer(ds) -> Writer:
+    """Writes a probabilities plan's rows into `ds` (one band per class, the model's grid)."""
     def write(row0, arrays):
-        ds.write(arrays[0], window=Window(0, row0, width, arrays[0].shape[1]))
+        ds.write(arrays[0], window=Window(0, row0, ds.width, arrays[0].shape[1]))
 
-    buf = RowBuffer(width, height, outputs.BLOCK, tile, [(ds.count, np.uint8, 0)], write)
-    put_values, done_until = host_sink(buf, device, width, tile, [(ds.count, torch.uint8)], gather)
-
-    def put(r, c, scores):
-        put_values(r, c, [(scores * 255).round_().clamp_(0, 255).to(dtype=torch.uint8)])
-
-    return put, done_until
+    return write
 
 
 class LabelWriter:
@@ -38,6 +67,16 @@ class LabelWriter:
 
     def __init__(self, ids: np.ndarray, cls_ds, conf_ds, valid, watch: Stopwatch):
         self.ids, self.cls_ds, self.conf_ds, self.valid, self.watch = ids, cls_ds, conf_ds, valid, watch
+        # class ids are usually 0..n-1: then the argmax is the id, and no copy is needed
+        self._identity = np.array_equal(ids, np.arange(len(ids)))
+
+    def plan(self, width: int, height: int) -> SinkPlan:
+        return SinkPlan("labels", width, height, len(self.ids), self.conf_ds is not None)
+
+    def write_rows(self, row0: int, arrays) -> None:
+        """The writer of this writer's plan: class indices (and confidence) of whole rows."""
+        idx = arrays[0][0]
+        self.write(row0, 0, idx if self._identity else self.ids[idx], arrays[1][0] if len(arrays) > 1 else None)
 
     def write(self, row0: int, col0: int, labels: np.ndarray, conf: np.ndarray | None) -> None:
         with self.watch.stage("write"):
@@ -55,28 +94,6 @@ class LabelWriter:
             if valid is not None:
                 conf = np.where(valid, conf, outputs.CONFIDENCE_NODATA)
             self.conf_ds.write(conf.astype(np.float32, copy=False), 1, window=win)
-
-    def sink(self, width, height, tile, device, gather=None):
-        torch = torch_or_error()
-        with_conf = self.conf_ds is not None
-
-        identity = np.array_equal(self.ids, np.arange(len(self.ids)))
-
-        def write(row0, arrays):
-            idx = arrays[0][0]
-            # class ids are usually 0..n-1: then the argmax is the id, and no copy is needed
-            self.write(row0, 0, idx if identity else self.ids[idx], arrays[1][0] if with_conf else None)
-
-        layers = [(1, np.uint8, 0)] + ([(1, np.float32, 0.0)] if with_conf else [])
-        buf = RowBuffer(width, height, outputs.BLOCK, tile, layers, write)
-        put_values, done_until = host_sink(buf, device, width, tile,
-                                           [(1, torch.uint8)] + ([(1, torch.float32)] if with_conf else []), gather)
-
-        def put(r, c, scores):
-            conf, idx = scores.max(dim=0, keepdim=True)
-            put_values(r, c, [idx.to(dtype=torch.uint8)] + ([conf] if with_conf else []))
-
-        return put, done_until
 
     def from_probabilities(self, prob_ds, width, height, scale, cancel: Callable[[], bool], chunk: int = 2048) -> None:
         """Resample model-grid probabilities bilinearly onto the raster grid, block by block."""

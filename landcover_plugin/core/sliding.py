@@ -11,11 +11,11 @@ from .blend import StripBlender
 from .errors import Cancelled
 from .stopwatch import Stopwatch
 from .strips import host_sink
-from .windows import reflect_index, window_grid
+from .windows import reflect_index, strips_for_rows, window_grid
 
 
 def slide(reader, predictor, num_classes: int, tile: int, overlap: int, sink, progress=None, cancel=None,
-          watch: Stopwatch | None = None, read_threads: int = 1) -> None:
+          watch: Stopwatch | None = None, read_threads: int = 1, rows: tuple[int, int] | None = None) -> None:
     """Run `predictor` over every window of `reader` (model pixel space) and blend into `sink`.
 
     reader: .height, .width, .read(y, x, tile) -> (window array, any pixel valid), and
@@ -26,16 +26,25 @@ def slide(reader, predictor, num_classes: int, tile: int, overlap: int, sink, pr
     for them), "blend".
     read_threads: batches read ahead at once, each by a thread with its own reader; a GPU
     consumes windows faster than one thread decodes them.
+    rows: (first, end) image rows to finish, for one part of an image shared between processes; only
+    the windows they need run, and the sink gets exactly those rows, equal to a whole run's.
     """
     watch = watch or Stopwatch()
     progress = progress or (lambda f: None)
     cancel = cancel or (lambda: False)
     put, done_until = sink
     ys, xs = window_grid(reader.height, reader.width, tile, overlap)
+    first, end = (0, len(ys)) if rows is None else strips_for_rows(ys, *rows)
+    if rows is not None:
+        put, done_until = _only_rows(put, done_until, *rows)
     blender = StripBlender(reader.height, reader.width, num_classes, tile, overlap, ys, xs, put, done_until,
-                           device=predictor.device)
+                           device=predictor.device, first_strip=first)
     order = [(k, j) for k in range(len(ys)) for j in range(len(xs))]
-    batches = [order[i:i + predictor.batch_size] for i in range(0, len(order), predictor.batch_size)]
+    # A part's batches are the whole image's, windows outside the part run and are dropped: kernels
+    # chosen by batch size round differently, so a window's scores must not depend on where its
+    # batch starts or ends, or the part's rows would not match a run over the whole image.
+    b = predictor.batch_size
+    batches = [order[i:i + b] for i in range(first * len(xs) // b * b, end * len(xs), b)]
     read_threads = max(1, min(read_threads, len(batches)))
     local, clones, lock = threading.local(), [], threading.Lock()
 
@@ -71,12 +80,27 @@ def slide(reader, predictor, num_classes: int, tile: int, overlap: int, sink, pr
                     scores = iter(predictor(np.stack(valid)) if valid else ())
                 with watch.stage("blend"):
                     for k, j, _, ok in items:
-                        blender.add(k, j, next(scores) if ok else None)
-                done += len(items)
-                progress(done / len(order))
+                        window_scores = next(scores) if ok else None
+                        if first <= k < end:
+                            blender.add(k, j, window_scores)
+                done += 1
+                progress(done / len(batches))
     finally:
         for c in clones:
             c.close()
+
+
+def _only_rows(put, done_until, row0: int, row_end: int):
+    def put_rows(r, c, scores):
+        a, b = max(r, row0), min(r + scores.shape[-2], row_end)
+        if b > a:
+            put(a, c, scores[:, a - r:b - r])
+
+    def done_rows(r):
+        if r > row0:
+            done_until(min(r, row_end))
+
+    return put_rows, done_rows
 
 
 class ArrayReader:

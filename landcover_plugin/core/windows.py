@@ -68,3 +68,14 @@ def reflect_index(idx: np.ndarray, n: int) -> np.ndarray:
 def window_grid(height: int, width: int, tile: int, overlap: int) -> tuple[np.ndarray, np.ndarray]:
     """Row and column starts of the window grid covering a height x width image."""
     return window_starts(height, tile, overlap), window_starts(width, tile, overlap)
+
+
+def strips_for_rows(ys: np.ndarray, row0: int, row_end: int) -> tuple[int, int]:
+    """(first, end) window rows whose blending finishes image rows row0..row_end exactly as a run
+    over the whole image does. Strip k finishes rows ys[k]..ys[k+1] from its own windows and the
+    bottom overlap of strip k-1, so one strip above the first is run as well."""
+    if not 0 <= row0 < row_end:
+        raise ValueError("rows must be a non-empty range from 0")
+    first = int(np.searchsorted(ys, row0, side="right")) - 1
+    last = int(np.searchsorted(ys, row_end - 1, side="right")) - 1
+    return max(0, first - 1), last + 1

@@ -29,6 +29,8 @@ from ..core.device import PRECISIONS  # no torch at import
 from .algorithm import DEVICES, LandcoverAlgorithm, model_parameter
 from .dependencies import require_engine
 
+SEGMENT_DEVICES = [*DEVICES, "cuda:all"]  # appended: a saved model's index of a device keeps its meaning
+
 
 def _bundled_models_summary() -> str:
     """The bundled models' names, classes and defaults for the help text (read from their metadata only)."""
@@ -113,8 +115,9 @@ class SegmentAlgorithm(LandcoverAlgorithm):
         add(QgsProcessingParameterNumber(self.BATCH_SIZE, "Batch size (0: automatic)",
                                          QgsProcessingParameterNumber.Integer, 0, False, 0, 1024),
             "Windows processed together; 0 picks one for the device.", advanced=True)
-        add(QgsProcessingParameterEnum(self.DEVICE, "Device", DEVICES, defaultValue=0),
-            "auto: the CUDA GPU when PyTorch sees one, else the CPU.")
+        add(QgsProcessingParameterEnum(self.DEVICE, "Device", SEGMENT_DEVICES, defaultValue=0),
+            "auto: the CUDA GPU when PyTorch sees one, else the CPU. cuda:all: every GPU at once, each in a "
+            "process of its own running a part of the raster's rows; the outputs are those of one GPU.")
         add(QgsProcessingParameterEnum(self.PRECISION, "Precision", list(PRECISIONS), False, "auto", False, True),
             "auto: bf16 on a GPU; on a CPU int8 where it pays (rasters of 2 megapixels or more once it has been "
             "compiled for this model and CPU, 32 megapixels before: compiling takes 15-40 s, once, and is kept in "
@@ -170,7 +173,7 @@ class SegmentAlgorithm(LandcoverAlgorithm):
         if parameters.get(self.EXTENT):
             r = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
             extent = (r.xMinimum(), r.yMinimum(), r.xMaximum(), r.yMaximum())
-        device = DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]
+        device = SEGMENT_DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]
         opts = SegmentOptions(
             bands=tuple(bands) if bands else None, extent=extent,
             tile_size=self.optional_number(parameters, self.TILE_SIZE, context),

@@ -158,9 +158,11 @@ def test_cuda_asked_without_cuda(provider, utm_raster, small_model, tmp_path):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    with pytest.raises(QgsProcessingException, match="no CUDA GPU"):
-        run("landcover:segment", {"INPUT": utm_raster, "MODEL": small_model, "DEVICE": 2,
-                                  "OUTPUT_RASTER": str(tmp_path / "c.tif")})
+    for device in (2, 3):  # cuda, cuda:all
+        with pytest.raises(QgsProcessingException, match="no CUDA GPU"):
+            run("landcover:segment", {"INPUT": utm_raster, "MODEL": small_model, "DEVICE": device,
+                                      "OUTPUT_RASTER": str(tmp_path / "c.tif")})
+    assert not os.listdir(tmp_path)
 
 
 def test_torch_missing_is_explained(provider, utm_raster, small_model, tmp_path, monkeypatch):

@@ -1,0 +1,219 @@
+"""One raster on several devices: horizontal parts of its rows, each run by a process of its own.
+
+Each process opens the raster, runs the sliding window over the window rows its part
+needs (one strip above it more, so that its first rows blend exactly as in a run over
+the whole raster) and sends finished block rows back; only this process writes the
+outputs. Parts start on block rows, so every block of a GeoTIFF is written once.
+
+Processes are spawned, not forked: CUDA cannot run in a forked child, and a forked
+QGIS would carry its whole GUI along.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .device import auto_batch, read_threads, torch_or_error
+from .errors import Cancelled, InputError
+from .reader import Region
+
+POLL_S = 0.2
+PROGRESS_STEP = 0.01  # fraction of a part between progress messages
+
+
+@dataclass
+class PartJob:
+    """What every part needs, sent to each process: plain data and the network (on the CPU)."""
+
+    input_path: str
+    bands: tuple
+    region: Region
+    scale: float
+    mean: tuple
+    std: tuple
+    tile: int
+    overlap: int
+    batch_size: int  # 0: chosen on each device
+    base_width: int  # of the network, for choosing the batch
+    tta: bool
+    precision: str
+    classes: int
+    plan: object  # sinks.SinkPlan
+    network: object
+
+
+@dataclass(frozen=True)
+class Part:
+    device: str
+    rows: tuple[int, int]
+    threads: int  # CPU threads for this process's network; 0 leaves torch's choice
+
+
+def split_rows(height: int, devices: list[str], block: int, cores: int | None = None) -> list[Part]:
+    """Contiguous parts of about equal height, one per device, starting on multiples of `block`;
+    fewer parts than devices when the raster has fewer block rows. CPU devices share the cores."""
+    n = max(1, min(len(devices), -(-height // block)))
+    starts = sorted({min(height, round(height * i / n / block) * block) for i in range(n)} | {0})
+    bounds = [s for s in starts if s < height] + [height]
+    if not cores:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    used = devices[:len(bounds) - 1]
+    cpu_parts = sum(d == "cpu" for d in used)
+    threads = max(1, cores // cpu_parts) if cpu_parts else 0
+    return [Part(d, (a, b), threads if d == "cpu" else 0) for d, a, b in zip(used, bounds, bounds[1:])]
+
+
+def python_executable() -> str:
+    """The Python that spawned processes run: this interpreter's own program under sys.exec_prefix
+    (a venv's, or QGIS's on Windows and macOS) where there is one. QGIS and qgis_process embed
+    Python, so there sys.executable may be the QGIS program, or whatever python3 PATH finds first
+    (a pyenv shim on the development machine), which lacks QGIS's packages."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if os.name == "nt":
+        candidates = [os.path.join(sys.exec_prefix, n) for n in ("python.exe", "pythonw.exe")]
+    else:
+        candidates = [os.path.join(sys.exec_prefix, "bin", n) for n in (f"python{version}", "python3")]
+    exe = sys.executable or ""
+    if os.path.basename(exe).lower().startswith("python"):
+        candidates.append(exe)
+    for candidate in candidates:
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    found = shutil.which(f"python{version}")
+    if not found:
+        raise InputError("No Python program was found to run the parts of the raster on several devices; "
+                         "choose a single device.")
+    return found
+
+
+def run_parts(job: PartJob, parts: list[Part], write: Callable[[int, list], None],
+              progress: Callable[[float], None], cancel: Callable[[], bool], log: Callable[[str], None],
+              watch=None) -> None:
+    """Run `parts` at once, handing every finished block row to write(row0, arrays) here.
+    Raises Cancelled, InputError (a part's own), or RuntimeError when a process fails or dies."""
+    torch = torch_or_error()
+    ctx = torch.multiprocessing.get_context("spawn")
+    ctx.set_executable(python_executable())
+    # Two block rows per part in flight: enough to keep every process busy, and the memory flat.
+    out, stop = ctx.Queue(maxsize=2 * len(parts)), ctx.Event()
+    procs = [ctx.Process(target=_run_part, args=(job, part, i, out, stop), daemon=True,
+                         name=f"landcover-part-{i}") for i, part in enumerate(parts)]
+    heights = np.array([b - a for a, b in (p.rows for p in parts)], float)
+    fractions = np.zeros(len(parts))
+    finished: set[int] = set()
+    log(f"Running {len(parts)} parts of the raster at once: " +
+        ", ".join(f"rows {a}-{b} on {p.device}" for p, (a, b) in zip(parts, (p.rows for p in parts))) + ".")
+    try:
+        for p in procs:
+            p.start()
+        while len(finished) < len(parts):
+            if cancel():
+                raise Cancelled("Cancelled; no output was written.")
+            try:
+                msg = out.get(timeout=POLL_S)
+            except queue.Empty:
+                _check_alive(procs, parts, finished)
+                continue
+            kind, i = msg[0], msg[1]
+            if kind == "rows":
+                write(msg[2], msg[3])
+            elif kind == "progress":
+                fractions[i] = msg[2]
+                progress(float((fractions * heights).sum() / heights.sum()))
+            elif kind == "done":
+                finished.add(i)
+                if watch is not None:
+                    for name, seconds in msg[2].items():
+                        watch.add(f"{name} (parts)", seconds)
+            elif kind == "error":
+                _, _, text, is_input = msg
+                if is_input:
+                    raise InputError(text)
+                raise RuntimeError(f"The part on {parts[i].device} failed: {text}")
+    finally:
+        stop.set()
+        _stop(procs, out)
+
+
+def _check_alive(procs, parts, finished) -> None:
+    for i, p in enumerate(procs):
+        if i not in finished and p.exitcode not in (None, 0):
+            how = f"signal {-p.exitcode}" if p.exitcode < 0 else f"exit code {p.exitcode}"
+            raise RuntimeError(f"The process running rows {parts[i].rows[0]}-{parts[i].rows[1]} on {parts[i].device} "
+                               f"stopped ({how}; out of memory?); no output was written.")
+
+
+def _stop(procs, out) -> None:
+    """Let every process end; ones blocked on a full queue are drained, ones that hang are ended."""
+    deadline = time.monotonic() + 10
+    while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
+        try:
+            while True:
+                out.get_nowait()
+        except queue.Empty:
+            pass
+        for p in procs:
+            p.join(timeout=0.05)
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+            p.join()
+    out.close()
+    out.join_thread()
+
+
+def _run_part(job: PartJob, part: Part, index: int, out, stop) -> None:
+    """The body of one process."""
+    try:
+        watch = _run(job, part, index, out, stop)
+        out.put(("done", index, watch.rounded()))
+    except Cancelled:
+        out.put(("done", index, {}))
+    except InputError as exc:
+        out.put(("error", index, str(exc), True))
+    except BaseException as exc:  # noqa: BLE001 (reported to the main process, which raises it)
+        text = (str(exc).strip().splitlines() or [""])[0][:300]
+        out.put(("error", index, f"{type(exc).__name__}: {text}", False))
+
+
+def _run(job: PartJob, part: Part, index: int, out, stop):
+    import rasterio
+
+    from .predictor import Predictor
+    from .reader import WindowReader
+    from .sliding import slide
+    from .stopwatch import Stopwatch
+    from .windows import blend_weights
+
+    torch = torch_or_error()
+    device = torch.device(part.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if part.threads:
+        torch.set_num_threads(part.threads)
+    watch = Stopwatch()
+    batch = job.batch_size or auto_batch(device, job.tile, job.base_width)
+    sent = [0.0]
+
+    def progress(f):
+        if f - sent[0] >= PROGRESS_STEP or f >= 1.0:
+            sent[0] = f
+            out.put(("progress", index, f))
+
+    with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"), rasterio.open(job.input_path) as src:
+        reader = WindowReader(src, job.bands, job.region, job.scale, job.mean)
+        predictor = Predictor(job.network, job.mean, job.std, blend_weights(job.tile, job.overlap), device, batch,
+                              job.tta, job.precision)
+        # copies: the queue pickles in a thread of its own, after the buffer has moved on
+        sink = job.plan.build(lambda row0, arrays: out.put(("rows", index, row0, [a.copy() for a in arrays])),
+                              job.tile, device, part.rows)
+        slide(reader, predictor, job.classes, job.tile, job.overlap, sink, progress, stop.is_set, watch,
+              read_threads(device), rows=part.rows)
+    return watch
