@@ -15,6 +15,7 @@ if ROOT not in sys.path:
 os.environ.setdefault("GDAL_CACHEMAX", "16")
 
 
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16", "int8")  # as core.device.PRECISIONS, without importing it
 DEVICE_HELP = ("auto, cpu, cuda, cuda:N (one GPU), cuda:all (every GPU, a process each, parts of the raster "
                "at once) or a comma-separated list of devices, e.g. cuda:0,cuda:1")
 

@@ -27,6 +27,7 @@ import time
 
 import _common
 
+PRECISION_CHOICES = _common.PRECISION_CHOICES
 FIXTURE = os.path.join(_common.ROOT, "tests", "data", "dubai_tile7_005_crop.tif")
 
 
@@ -411,7 +412,7 @@ def run_bench(argv) -> int:
     mdl.add_argument("--model", help="model file or bundled model name (default: the bundled land-cover model)")
     mdl.add_argument("--base-channels", type=int, help="a random-weight U-Net of this base width instead")
     p.add_argument("--device", default="auto", help=_common.DEVICE_HELP)
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "int8"))
+    p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES)
     p.add_argument("--cold", action="store_true",
                    help="time int8's one-off compile inside the run instead of preparing its package first")
     p.add_argument("--tile", type=int)
@@ -496,7 +497,7 @@ def parse_args(argv=None):
     pr.add_argument("masks", nargs="?")
     pr.add_argument("--model")
     pr.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
-    pr.add_argument("--precision", default="auto", choices=("auto", "bf16", "int8"),
+    pr.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "int8"),
                     help="compared with fp32 (auto: what the engine picks for each image)")
     pr.add_argument("--json", action="store_true", help="accepted for symmetry: the last line is always JSON")
     pr.add_argument("--workdir", default=None)
@@ -506,7 +507,7 @@ def parse_args(argv=None):
     pa.add_argument("--size", type=int, default=4096)
     pa.add_argument("--input", help="a real raster instead")
     pa.add_argument("--model")
-    pa.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "int8"))
+    pa.add_argument("--precision", default="auto", choices=PRECISION_CHOICES)
     pa.add_argument("--batch-size", type=int, default=0)
     pa.add_argument("--tile", type=int)
     pa.add_argument("--overlap", type=int)

@@ -30,9 +30,10 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--tta", action="store_true", help="test-time augmentation (flips and rotations)")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "int8"),
-                   help="auto: what the engine picks for each image (bf16 or fp32 for images under 16 MP); fp32 "
-                        "gives the same figures on every machine; int8: CPUs only")
+    p.add_argument("--precision", default="auto", choices=_common.PRECISION_CHOICES,
+                   help="auto: what the engine picks for each image (fp16 on a GPU; bf16 or fp32 on a CPU for "
+                        "images under 2 MP); fp32 gives the same figures on every machine; fp16: GPUs only; int8: "
+                        "CPUs only")
     p.add_argument("--json", action="store_true", help="end with one line of JSON")
     return p.parse_args(argv)
 

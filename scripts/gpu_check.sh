@@ -33,6 +33,10 @@ DMON=$!
   for size in 4096 16384; do  # no GDAL bindings there
     python3 scripts/bench.py --size $size --device cuda --skip-vectorize --json --workdir /tmp
   done
+  # fp16 (auto's choice on a GPU) and bf16 against fp32 on the committed crop and its mask
+  for p in fp16 bf16; do
+    python3 scripts/bench.py precision tests/data --device cuda --precision $p --workdir /tmp
+  done
   # several processes on the GPUs: two on the one GPU check that parts give the one-process outputs on CUDA
   python3 scripts/bench.py parts --devices cuda:0,cuda:0 --single cuda --size 4096 --workdir /tmp
   if [ "$(nvidia-smi -L | wc -l)" -gt 1 ]; then

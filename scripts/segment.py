@@ -24,9 +24,10 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=0)
     p.add_argument("--device", default="auto", help=_common.DEVICE_HELP)
     p.add_argument("--tta", action="store_true")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "int8"),
-                   help="auto: int8 on a CPU for rasters of 16 MP or more where it can run, else bf16 where the "
-                        "device has it, else fp32")
+    p.add_argument("--precision", default="auto", choices=_common.PRECISION_CHOICES,
+                   help="auto: fp16 on a GPU; on a CPU without bf16 kernels int8 for rasters of 2 MP or more once "
+                        "compiled (32 MP before) where it can run, else bf16 where the CPU has it, else fp32; fp16: "
+                        "GPUs only; int8: CPUs only")
     p.add_argument("--min-area", type=float, help="smallest region kept, square ground units (default: the model's)")
     p.add_argument("--simplify", type=float, help="polygon simplification tolerance, map units (default: the model's)")
     p.add_argument("--no-polygons", action="store_true")

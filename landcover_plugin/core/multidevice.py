@@ -98,9 +98,10 @@ def run_parts(job: PartJob, parts: list[Part], write: Callable[[int, list], None
               watch=None) -> None:
     """Run `parts` at once, handing every finished block row to write(row0, arrays) here.
     Raises Cancelled, InputError (a part's own), or RuntimeError when a process fails or dies."""
+    from multiprocessing import spawn
+
     torch = torch_or_error()
     ctx = torch.multiprocessing.get_context("spawn")
-    ctx.set_executable(python_executable())
     # Two block rows per part in flight: enough to keep every process busy, and the memory flat.
     out, stop = ctx.Queue(maxsize=2 * len(parts)), ctx.Event()
     procs = [ctx.Process(target=_run_part, args=(job, part, i, out, stop), daemon=True,
@@ -111,8 +112,13 @@ def run_parts(job: PartJob, parts: list[Part], write: Callable[[int, list], None
     log(f"Running {len(parts)} parts of the raster at once: " +
         ", ".join(f"rows {a}-{b} on {p.device}" for p, (a, b) in zip(parts, (p.rows for p in parts))) + ".")
     try:
-        for p in procs:
-            p.start()
+        executable = spawn.get_executable()  # a setting of the whole process: QGIS's, other plugins'
+        ctx.set_executable(python_executable())
+        try:
+            for p in procs:
+                p.start()
+        finally:
+            ctx.set_executable(executable)
         while len(finished) < len(parts):
             if cancel():
                 raise Cancelled("Cancelled; no output was written.")
@@ -152,6 +158,7 @@ def _check_alive(procs, parts, finished) -> None:
 
 def _stop(procs, out) -> None:
     """Let every process end; ones blocked on a full queue are drained, ones that hang are ended."""
+    procs = [p for p in procs if p.pid is not None]  # started
     deadline = time.monotonic() + 10
     while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
         try:

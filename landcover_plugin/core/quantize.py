@@ -18,17 +18,24 @@ import weakref
 
 from .errors import InputError
 
-# Measured on the 2-core development CPU: quantizing and compiling a package took about 40 s,
-# loading a cached one 1.3 s; int8 saves about 0.8 s per megapixel there against bf16 (1.1 vs
-# 0.57 MP/s) and 1.3 s against fp32 on an AVX2 CPU (0.58 vs 0.33 MP/s, issue 13). So auto
-# chooses int8 from 2 MP where the package is cached, and from 32 MP where it must be compiled.
+# Measured on the 2-core development CPU held to AVX2 (no bf16 kernels), whole path at 2048²: int8
+# 0.355 MP/s against fp32's 0.251, 1.2 s saved per megapixel; quantizing and compiling a package took
+# 15-30 s, loading a cached one 1.3 s. So auto chooses int8 from 2 MP where the package is cached, and
+# from 32 MP where it must be compiled. Where the CPU has bf16 kernels bf16 ran as fast as int8 (0.470
+# vs 0.463 MP/s) with more faithful labels and nothing to compile, so auto keeps bf16 there.
 INT8_MIN_PIXELS_CACHED = 2_000_000
 INT8_MIN_PIXELS_COLD = 32_000_000
 # auto uses int8 only for a model whose file records that int8 labels agreed with fp32's on at least
-# this share of pixels of real imagery (training.int8.agreement, from scripts/bench.py precision):
-# the land-cover model 0.9905 on imagery from other continents and 0.9951 on Dubai; the buildings
-# model 0.984 on its held-out chips, so auto leaves it in bf16 or fp32.
-INT8_MIN_AGREEMENT = 0.99
+# this share of pixels of real imagery it was not trained on (training.int8.agreement, from
+# scripts/bench.py precision); see the model cards for the bundled models' figures.
+INT8_MIN_AGREEMENT = 0.995
+# Layers kept in floating point: the encoder's first two levels (the stem, at full resolution, and the
+# first down block, at half). Quantizing them moved the most labels of imagery the model never saw:
+# with every layer int8, 99.09% of the labels of 32 OpenAerialMap chips agreed with fp32's; with these
+# four convolutions in fp32 99.51% (all 122 chips: 99.509%), the whole encoder 99.60%, the decoder
+# 99.21%, the stem alone 99.36%. They cost int8 about 13% of its speed (0.535 -> 0.463 MP/s here).
+FLOAT_LAYERS = ("stem.", "downs.0.")
+SCHEME = "x86-inductor, per-channel weights, histogram activations, float " + "+".join(FLOAT_LAYERS)
 
 
 def faithful(spec) -> bool:
@@ -93,7 +100,7 @@ def package_path(network, mean, std, shape) -> str:
         ao = torchao.__version__
     except ImportError:
         ao = None
-    h.update(json.dumps([list(mean), list(std), list(shape), torch.__version__, ao,
+    h.update(json.dumps([SCHEME, list(mean), list(std), list(shape), torch.__version__, ao,
                          torch.backends.cpu.get_cpu_capability()]).encode())
     return os.path.join(cache_dir(), h.hexdigest()[:32] + ".pt2")
 
@@ -104,11 +111,13 @@ _loaded: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def worth_int8(network, spec, shape, pixels: int) -> bool:
     """Whether auto should run `network` (from load_model) in int8 on a CPU for a raster of `pixels`:
-    its file records faithful int8 labels and carries calibration windows, int8 can run here, and the
-    raster repays the set-up (a cached package loads in a second, a new one compiles for tens of
-    seconds). The cheapest tests come first: importing torchao takes seconds a small raster should
-    not pay."""
-    if not faithful(spec) or pixels < INT8_MIN_PIXELS_CACHED:
+    its file records faithful int8 labels and carries calibration windows, the CPU has no bf16 kernels
+    (with them bf16 is as fast), int8 can run here, and the raster repays the set-up (a cached package
+    loads in a second, a new one compiles for tens of seconds). The cheapest tests come first: importing
+    torchao takes seconds a small raster should not pay."""
+    from .device import cpu_has_bf16
+
+    if not faithful(spec) or pixels < INT8_MIN_PIXELS_CACHED or cpu_has_bf16():
         return False
     if getattr(network, "calibration_windows", None) is None or not int8_available():
         return False
@@ -176,6 +185,9 @@ def _compile(network, windows, mean, std, shape, path: str) -> None:
             exported = torch.export.export(network, (x[:2],), dynamic_shapes=({0: batch, 2: 16 * rows, 3: 16 * cols},))
             quantizer = xiq.X86InductorQuantizer()
             quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
+            for name, module in network.named_modules():
+                if name.startswith(FLOAT_LAYERS) and isinstance(module, torch.nn.Conv2d):
+                    quantizer.set_module_name_qconfig(name, None)
             observed = prepare_pt2e(exported.module(), quantizer)
             observed(x)
             # compiled code assumes its example's memory layout: channels-last, as the engine feeds it

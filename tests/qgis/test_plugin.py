@@ -53,7 +53,7 @@ def test_provider_and_algorithms_are_registered(provider):
     defaults = {p.name(): p.defaultValue() for p in seg.parameterDefinitions()}
     assert defaults["DEVICE"] == 0 and defaults["TTA"] is False and defaults["BATCH_SIZE"] == 0
     assert defaults["PRECISION"] == "auto" and seg.parameterDefinition("PRECISION").options() == [
-        "auto", "fp32", "bf16", "int8"]
+        "auto", "fp32", "bf16", "int8", "fp16"]
     assert seg.parameterDefinition("PRECISION").flags() & seg.parameterDefinition("PRECISION").FlagAdvanced
     assert defaults["TILE_SIZE"] is None and defaults["OVERLAP"] is None and defaults["MIN_AREA"] is None
     assert all(p.help() for p in seg.parameterDefinitions())

@@ -1,4 +1,4 @@
-"""Precision choice (auto, fp32, bf16, int8) and int8 inference calibrated on the model file's windows."""
+"""Precision choice (auto, fp32, bf16, int8, fp16) and int8 inference calibrated on the model file's windows."""
 import functools
 import json
 import os
@@ -60,13 +60,16 @@ def test_auto_uses_int8_only_for_models_that_record_faithful_int8_labels():
     assert not quantize.faithful(unmeasured)
 
 
-def test_int8_pays_from_a_few_megapixels_once_compiled_and_from_many_before(cache):
+def test_int8_pays_from_a_few_megapixels_once_compiled_and_from_many_before_and_not_beside_bf16(cache, cpu):
     if not quantize.int8_available():
         pytest.skip("torchao or a C++ compiler is missing")
     net, spec = load_model(MODEL)
     shape = (2, 3, 512, 512)
     worth = functools.partial(quantize.worth_int8, net, spec, shape)
     assert worth(quantize.INT8_MIN_PIXELS_COLD) and not worth(quantize.INT8_MIN_PIXELS_COLD - 1)
+    cpu["bf16"] = True  # bf16 kernels run as fast, with nothing to compile
+    assert not worth(10 * quantize.INT8_MIN_PIXELS_COLD)
+    cpu["bf16"] = False
     path = quantize.package_path(net, spec.mean, spec.std, shape)
     assert path.startswith(str(cache)) and path != quantize.package_path(net, spec.mean, spec.std, (4, 3, 512, 512))
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -81,12 +84,24 @@ def test_int8_pays_from_a_few_megapixels_once_compiled_and_from_many_before(cach
     assert quantize.package_path(net, spec.mean, spec.std, shape) != path
 
 
+def test_auto_on_a_gpu_is_fp16_and_each_precision_runs_where_it_can(monkeypatch):
+    gpu = torch.device("cuda")  # a device object only: no GPU is used
+    choose = device_mod.choose_precision
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert choose(gpu, "auto") == "fp16"  # three more bits than bf16, and faster on an H100
+    assert [choose(gpu, p) for p in ("fp32", "bf16", "fp16")] == ["fp32", "bf16", "fp16"]
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert choose(gpu, "bf16") == "fp16"
+    with pytest.raises(InputError, match="int8 runs on CPUs only"):
+        choose(gpu, "int8")
+    with pytest.raises(InputError, match="fp16 runs on GPUs only"):
+        choose(CPU, "fp16")
+    assert device_mod.amp_dtype(gpu, "auto") == torch.float16
+
+
 def test_bad_precisions_are_refused_with_the_choices():
-    with pytest.raises(InputError, match="auto, fp32, bf16, int8"):
+    with pytest.raises(InputError, match="auto, fp32, bf16, int8, fp16"):
         device_mod.choose_precision(CPU, "int4")
-    if torch.cuda.is_available():
-        with pytest.raises(InputError, match="CPUs only"):
-            device_mod.choose_precision(torch.device("cuda"), "int8")
 
 
 def test_model_files_carry_calibration_windows(tmp_path):
