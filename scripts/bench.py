@@ -388,12 +388,12 @@ def prepare_int8(model, tile: int, args) -> float | None:
     """Compile (or load) the int8 package a CPU run may use, as an earlier run would have: users pay
     it once, so the timed run shows the steady state. Seconds it took, or None where int8 cannot run."""
     from landcover_plugin.core import quantize
-    from landcover_plugin.core.device import auto_batch, resolve_device
+    from landcover_plugin.core.device import auto_batch, cpu_has_bf16, resolve_device
     from landcover_plugin.core.unet import fused_for_inference
 
     net, spec = model
     device = resolve_device(args.device)
-    if (device.type != "cpu" or args.precision not in ("auto", "int8")
+    if (device.type != "cpu" or args.precision not in ("auto", "int8") or args.precision == "auto" and cpu_has_bf16()
             or getattr(net, "calibration_windows", None) is None or not quantize.int8_available()):
         return None
     batch = args.batch or auto_batch(device, tile, spec.base_width)
