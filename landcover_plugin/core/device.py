@@ -127,6 +127,12 @@ def auto_batch(device, tile: int, base_width: int) -> int:
     return int(max(1, min(32, free * 0.5 // per_sample)))
 
 
+def write_in_background(device) -> bool:
+    """Outputs written by a thread of their own: beside a GPU, whose feeding thread must not wait on
+    compression; not beside a CPU network, which needs the cores."""
+    return device.type == "cuda"
+
+
 def read_threads(device) -> int:
     """Threads reading windows ahead: one beside a CPU network (which needs the cores), several for a GPU."""
     if device.type != "cuda":

@@ -49,3 +49,45 @@ class RowBuffer:
                 buf[:, :keep] = buf[:, n:n + keep]
             buf[:, keep:] = fill
         self.row0 = upto
+
+
+class BackgroundWriter:
+    """A Writer that writes in a thread of its own, at most `depth` block rows behind.
+
+    On a GPU the thread that launches the network's kernels also writes the outputs; compressing
+    GeoTIFF blocks (about 40 MP/s of labels per core here) held it up while the GPU waited. The
+    rows are copied, as the buffer that handed them over moves on; an error in the thread is
+    raised at the next call or by close().
+    """
+
+    def __init__(self, write: Writer, depth: int = 2):
+        import queue
+        import threading
+
+        self._write, self._error = write, None
+        self._queue = queue.Queue(maxsize=depth)
+        self._thread = threading.Thread(target=self._loop, name="landcover-writer", daemon=True)
+        self._thread.start()
+
+    def __call__(self, row0: int, arrays) -> None:
+        self._raise()
+        self._queue.put((row0, [a.copy() for a in arrays]))
+
+    def _loop(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:  # after an error, rows are drained unwritten so that put never blocks
+                try:
+                    self._write(*item)
+                except BaseException as exc:  # noqa: BLE001 (raised in the caller's thread)
+                    self._error = exc
+
+    def close(self, raise_error: bool = True) -> None:
+        """Wait for every row put to be written; raise_error=False when the caller is already failing."""
+        self._queue.put(None)
+        self._thread.join()
+        if raise_error:
+            self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error

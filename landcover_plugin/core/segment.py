@@ -13,12 +13,22 @@ import numpy as np
 import rasterio
 
 from . import outputs, quantize
-from .device import auto_batch, choose_precision, describe, device_names, read_threads, resolve_device, torch_or_error
+from .device import (
+    auto_batch,
+    choose_precision,
+    describe,
+    device_names,
+    read_threads,
+    resolve_device,
+    torch_or_error,
+    write_in_background,
+)
 from .errors import Cancelled, InputError
 from .geo import ground_geometry
 from .model_file import ModelSpec, load_model, resolve_model_path
 from .multidevice import PartJob, run_parts, split_rows
 from .reader import Region, WindowReader, read_valid
+from .rowbuffer import BackgroundWriter
 from .sinks import LabelWriter, SinkPlan, probability_writer
 from .sliding import slide
 from .stopwatch import Stopwatch
@@ -206,12 +216,13 @@ class _Job:
                        "cannot be checked.")
         self.scale = self._scale()
         self.tile, self.overlap = self._tiling()
+        self.write_behind = False  # outputs written by a thread of their own (run() decides)
 
     def stage_seconds(self) -> dict:
         """Seconds per stage. "write" (final outputs) happens while blending, so it is taken out
-        of "blend"; "read" runs in its own thread, beside the others."""
+        of "blend", unless a thread of its own writes; "read" runs in its own thread, beside the others."""
         seconds = self.watch.rounded()
-        if "write" in seconds and "blend" in seconds and self.scale == 1.0:
+        if "write" in seconds and "blend" in seconds and self.scale == 1.0 and not self.write_behind:
             seconds["blend"] = round(max(0.0, seconds["blend"] - seconds["write"]), 3)
         return seconds
 
@@ -288,6 +299,7 @@ class _Job:
             # with parts, an int8 network is compiled (or its fallback chosen) here once, not by every process
             device = resolve_device(parts[0].device) if parts else device
             predictor, precision = self._predictor(network, device, batch, precision)
+        self.write_behind = len(parts) <= 1 and write_in_background(device)
         where = describe(device) if len(parts) <= 1 else \
             f"{len(parts)} processes on {', '.join(p.device for p in parts)}"
         self.log(f"Device {where}, precision {precision}, batch size {batch}, tile {self.tile}, "
@@ -302,8 +314,17 @@ class _Job:
                               precision, spec.num_classes, plan, network)
                 run_parts(job, parts, write, progress, cancel, self.log, self.watch)
             else:
-                slide(reader, predictor, spec.num_classes, self.tile, self.overlap,
-                      plan.build(write, self.tile, device), progress, cancel, self.watch, read_threads(device))
+                writer = BackgroundWriter(write) if self.write_behind else None
+                try:
+                    slide(reader, predictor, spec.num_classes, self.tile, self.overlap,
+                          plan.build(writer or write, self.tile, device), progress, cancel, self.watch,
+                          read_threads(device))
+                except BaseException:
+                    if writer:
+                        writer.close(raise_error=False)
+                    raise
+                if writer:
+                    writer.close()
 
         with rasterio.open(class_path, "w", **outputs.class_profile(**grid)) as cls_ds, \
                 _open_optional(conf_path, outputs.confidence_profile(**grid)) as conf_ds:

@@ -128,3 +128,36 @@ def test_probabilities_of_an_array_are_what_its_labels_are_the_argmax_of():
     labels = predict_array(pred, image, k, 64, 16)
     assert len(np.unique(labels)) > 1  # an untrained net that called everything one class would prove nothing
     assert (probs.argmax(axis=0) == labels).mean() > 0.999  # ties between float sums may break differently
+
+
+def test_background_writer_writes_every_row_in_order_and_raises_its_errors():
+    import threading
+
+    from landcover_plugin.core.rowbuffer import BackgroundWriter
+
+    written, threads = [], set()
+
+    def write(row0, arrays):
+        threads.add(threading.current_thread().name)
+        written.append((row0, arrays[0].copy()))
+
+    writer = BackgroundWriter(write)
+    buf = np.zeros((1, 4, 3), np.int32)
+    for row0 in range(0, 40, 4):
+        buf[:] = row0  # the caller's buffer moves on as soon as the call returns
+        writer(row0, [buf])
+    writer.close()
+    assert [r for r, _ in written] == list(range(0, 40, 4))
+    assert all((a == r).all() for r, a in written)
+    assert threads == {"landcover-writer"}
+
+    def failing(row0, arrays):
+        if row0 >= 8:
+            raise OSError("disk full")
+
+    writer = BackgroundWriter(failing, depth=1)
+    with pytest.raises(OSError, match="disk full"):
+        for row0 in range(0, 400, 4):  # the error surfaces at a later call, and no call blocks for ever
+            writer(row0, [buf])
+        writer.close()
+    writer.close(raise_error=False)

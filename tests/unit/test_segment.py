@@ -344,8 +344,9 @@ def test_web_mercator_gives_ground_metres(tmp_path):
 @needs_gdal
 @pytest.mark.parametrize("gsd", [None, 1.0])
 def test_gpu_host_path_on_the_cpu_writes_the_same_outputs(tmp_path, monkeypatch, gsd):
-    """Several reader threads with their own handles, strips gathered and handed on late (the
-    CUDA path), run on the CPU: labels and confidence equal the plain path's, masks included."""
+    """Several reader threads with their own handles, strips gathered and handed on late, outputs
+    written by a thread of their own (the CUDA path), run on the CPU: labels and confidence equal
+    the plain path's, masks included."""
     from landcover_plugin.core import segment as segment_module
     from landcover_plugin.core import sinks, strips
 
@@ -358,6 +359,7 @@ def test_gpu_host_path_on_the_cpu_writes_the_same_outputs(tmp_path, monkeypatch,
     opts = SegmentOptions(device="cpu", precision="fp32", batch_size=3)
     plain = segment(img, str(tmp_path / "a.tif"), model, confidence_path=str(tmp_path / "pa.tif"), options=opts)
     monkeypatch.setattr(segment_module, "read_threads", lambda device: 3)
+    monkeypatch.setattr(segment_module, "write_in_background", lambda device: True)
     monkeypatch.setattr(sinks, "host_sink", lambda *a: strips.host_sink(*a[:5], True))
     gpu_like = segment(img, str(tmp_path / "b.tif"), model, confidence_path=str(tmp_path / "pb.tif"), options=opts)
     assert gpu_like.scale == plain.scale == (0.5 if gsd else 1.0)
