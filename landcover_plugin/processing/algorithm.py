@@ -39,6 +39,27 @@ class LandcoverAlgorithm(QgsProcessingAlgorithm):
     def createInstance(self):  # noqa: N802
         return type(self)()
 
+    devices = DEVICES  # the options of this algorithm's DEVICE enum, in order
+
+    def checkParameterValues(self, parameters, context):  # noqa: N802
+        """QGIS's own checks, with DEVICE taken by name too: qgis_process users write DEVICE=cuda."""
+        raw = parameters.get("DEVICE")
+        if isinstance(raw, str) and raw.strip() and not raw.strip().isdigit() \
+                and raw.strip().lower() not in self.devices:
+            return False, (f"DEVICE must be one of {', '.join(self.devices)} (or its number, 0 to "
+                           f"{len(self.devices) - 1}), not \"{raw}\".")
+        return super().checkParameterValues(self._device_as_index(parameters), context)
+
+    def device(self, parameters, context) -> str:
+        """The DEVICE chosen, given by name (qgis_process, processing.run) or by number (dialogs, models)."""
+        return self.devices[self.parameterAsEnum(self._device_as_index(parameters), "DEVICE", context)]
+
+    def _device_as_index(self, parameters):
+        raw = parameters.get("DEVICE")
+        if isinstance(raw, str) and raw.strip().lower() in self.devices:
+            return {**parameters, "DEVICE": self.devices.index(raw.strip().lower())}
+        return parameters
+
     def add_parameter(self, param, help_text: str, advanced: bool = False) -> None:
         """Add a parameter with its help text, among the advanced ones when asked."""
         param.setHelp(help_text)

@@ -64,6 +64,7 @@ class SegmentAlgorithm(LandcoverAlgorithm):
     OVERLAP = "OVERLAP"
     BATCH_SIZE = "BATCH_SIZE"
     DEVICE = "DEVICE"
+    devices = SEGMENT_DEVICES
     PRECISION = "PRECISION"
     TTA = "TTA"
     MIN_AREA = "MIN_AREA"
@@ -117,7 +118,8 @@ class SegmentAlgorithm(LandcoverAlgorithm):
             "Windows processed together; 0 picks one for the device.", advanced=True)
         add(QgsProcessingParameterEnum(self.DEVICE, "Device", SEGMENT_DEVICES, defaultValue=0),
             "auto: the CUDA GPU when PyTorch sees one, else the CPU. cuda:all: every GPU at once, each in a "
-            "process of its own running a part of the raster's rows; the outputs are those of one GPU.")
+            "process of its own running a part of the raster's rows; the outputs are those of one GPU. From "
+            "qgis_process by name (DEVICE=cuda) or by number.")
         add(QgsProcessingParameterEnum(self.PRECISION, "Precision", list(PRECISIONS), False, "auto", False, True),
             "auto: fp16 on a GPU; on a CPU without bf16 kernels int8 where it pays (rasters of 2 megapixels or "
             "more once it has been compiled for this model and CPU, 32 megapixels before: compiling takes 15-40 s, "
@@ -174,7 +176,7 @@ class SegmentAlgorithm(LandcoverAlgorithm):
         if parameters.get(self.EXTENT):
             r = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
             extent = (r.xMinimum(), r.yMinimum(), r.xMaximum(), r.yMaximum())
-        device = SEGMENT_DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]
+        device = self.device(parameters, context)
         opts = SegmentOptions(
             bands=tuple(bands) if bands else None, extent=extent,
             tile_size=self.optional_number(parameters, self.TILE_SIZE, context),

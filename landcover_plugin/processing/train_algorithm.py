@@ -140,7 +140,7 @@ class TrainAlgorithm(LandcoverAlgorithm):
             tile=self.optional_number(parameters, self.TILE_SIZE, context, int),
             batch_size=self.optional_number(parameters, self.BATCH_SIZE, context, int),
             lr=self.optional_number(parameters, self.LEARNING_RATE, context, float),
-            device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)], report_path=report,
+            device=self.device(parameters, context), report_path=report,
             command="landcover:train")
         hooks = Hooks(log=feedback.pushInfo, progress=lambda f: feedback.setProgress(100.0 * f),
                       cancel=feedback.isCanceled, bar=False)

@@ -260,13 +260,29 @@ def test_graphical_model_chains_segment_and_evaluate(provider, utm_raster, small
 
 def test_qgis_process_runs_segment_headless(small_model, utm_raster, tmp_path):
     r = qgis_process(["run", "landcover:segment", "--", f"INPUT={utm_raster}", f"MODEL={small_model}",
-                      "PRECISION=bf16", f"OUTPUT_RASTER={tmp_path / 'c.tif'}", f"OUTPUT_VECTOR={tmp_path / 'v.gpkg'}"],
-                     tmp_path)
+                      "PRECISION=bf16", "DEVICE=cpu", f"OUTPUT_RASTER={tmp_path / 'c.tif'}",
+                      f"OUTPUT_VECTOR={tmp_path / 'v.gpkg'}"], tmp_path)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     result = json.loads(r.stdout[r.stdout.index("{"):])
     assert os.path.exists(result["results"]["OUTPUT_RASTER"]) and os.path.exists(tmp_path / "v.gpkg")
     assert os.path.exists(tmp_path / "c.qml")
     assert "precision bf16" in r.stdout + r.stderr  # the log says which precision ran
+    assert "Device cpu" in r.stdout + r.stderr  # DEVICE by name, as qgis_process users write it
+
+
+def test_qgis_process_takes_device_names_and_refuses_a_missing_gpu(small_model, utm_raster, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    for device in ("cuda", "cuda:all", "2"):  # a name, the new name, and an index
+        r = qgis_process(["run", "landcover:segment", "--", f"INPUT={utm_raster}", f"MODEL={small_model}",
+                          f"DEVICE={device}", f"OUTPUT_RASTER={tmp_path / 'c.tif'}"], tmp_path)
+        assert r.returncode != 0 and "no CUDA GPU" in r.stdout + r.stderr, (device, r.stdout[-1500:] + r.stderr[-1500:])
+        assert not os.path.exists(tmp_path / "c.tif")
+    r = qgis_process(["run", "landcover:segment", "--", f"INPUT={utm_raster}", f"MODEL={small_model}",
+                      "DEVICE=tpu", f"OUTPUT_RASTER={tmp_path / 'c.tif'}"], tmp_path)
+    assert r.returncode != 0 and "DEVICE" in r.stdout + r.stderr and "cuda:all" in r.stdout + r.stderr
 
 
 def test_package_is_one_installable_folder(tmp_path):
