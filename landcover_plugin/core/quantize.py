@@ -170,29 +170,15 @@ def _compile(network, windows, mean, std, shape, path: str) -> None:
         raise InputError("int8 needs the torchao package (pip install torchao==0.18.0 into QGIS's Python); "
                          "choose the auto, fp32 or bf16 precision.")
     import torch
-    from torch.export import Dim
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
 
-    x = torch.from_numpy(windows.astype("float32"))
-    x = (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
-    batch, rows, cols = Dim("batch", min=1, max=4096), Dim("rows", min=1, max=1024), Dim("cols", min=1, max=1024)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path[:-4]}.tmp-{os.getpid()}.pt2"  # AOTInductor wants the .pt2 ending
     try:
         with torch.no_grad():
-            # calibrated on windows of another size than the tiles: the export keeps sizes dynamic
-            exported = torch.export.export(network, (x[:2],), dynamic_shapes=({0: batch, 2: 16 * rows, 3: 16 * cols},))
-            quantizer = xiq.X86InductorQuantizer()
-            quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
-            for name, module in network.named_modules():
-                if name.startswith(FLOAT_LAYERS) and isinstance(module, torch.nn.Conv2d):
-                    quantizer.set_module_name_qconfig(name, None)
-            observed = prepare_pt2e(exported.module(), quantizer)
-            observed(x)
+            converted = quantized(network, windows, mean, std)
             # compiled code assumes its example's memory layout: channels-last, as the engine feeds it
             example = torch.zeros(shape).contiguous(memory_format=torch.channels_last)
-            program = torch.export.export(convert_pt2e(observed), (example,))
+            program = torch.export.export(converted, (example,))
             # freezing makes the weights constants, so that Inductor prepacks them for its int8 kernels
             with torch._inductor.config.patch(freezing=True):
                 torch._inductor.aoti_compile_and_package(program, package_path=tmp)
@@ -200,3 +186,27 @@ def _compile(network, windows, mean, std, shape, path: str) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def quantized(network, windows, mean, std):
+    """`network` (inference form) quantized to int8, FLOAT_LAYERS apart, observed on the raw `windows`:
+    a graph module of quantize and dequantize steps around the convolutions, before compilation."""
+    import torch
+    from torch.export import Dim
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+
+    x = torch.from_numpy(windows.astype("float32"))
+    x = (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    batch, rows, cols = Dim("batch", min=1, max=4096), Dim("rows", min=1, max=1024), Dim("cols", min=1, max=1024)
+    with torch.no_grad():
+        # calibrated on windows of another size than the tiles: the export keeps sizes dynamic
+        exported = torch.export.export(network, (x[:2],), dynamic_shapes=({0: batch, 2: 16 * rows, 3: 16 * cols},))
+        quantizer = xiq.X86InductorQuantizer()
+        quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
+        for name, module in network.named_modules():
+            if name.startswith(FLOAT_LAYERS) and isinstance(module, torch.nn.Conv2d):
+                quantizer.set_module_name_qconfig(name, None)
+        observed = prepare_pt2e(exported.module(), quantizer)
+        observed(x)
+        return convert_pt2e(observed)

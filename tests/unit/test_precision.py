@@ -99,6 +99,24 @@ def test_auto_on_a_gpu_is_fp16_and_each_precision_runs_where_it_can(monkeypatch)
     assert device_mod.amp_dtype(gpu, "auto") == torch.float16
 
 
+def test_int8_keeps_the_stem_and_first_down_block_in_floating_point():
+    if not quantize.int8_available():
+        pytest.skip("torchao or a C++ compiler is missing")
+    from landcover_plugin.core.unet import fused_for_inference
+
+    net, spec = load_model(MODEL)
+    converted = quantize.quantized(fused_for_inference(net), net.calibration_windows[:4, :, :64, :64], spec.mean,
+                                   spec.std)
+    weights = {}  # convolution -> whether its weights arrive dequantized from int8
+    for node in converted.graph.nodes:
+        if node.op == "call_function" and node.target == torch.ops.aten.conv2d.default:
+            name = list(node.meta["nn_module_stack"].values())[-1][0]
+            weights[name] = "dequantize" in str(getattr(node.args[1], "target", ""))
+    kept = sorted(n for n, int8 in weights.items() if not int8)
+    assert kept == ["downs.0.1.0", "downs.0.1.3", "stem.0", "stem.3"]
+    assert len(weights) - len(kept) == 15 and weights["head"] and weights["downs.1.1.0"]
+
+
 def test_bad_precisions_are_refused_with_the_choices():
     with pytest.raises(InputError, match="auto, fp32, bf16, int8, fp16"):
         device_mod.choose_precision(CPU, "int4")
