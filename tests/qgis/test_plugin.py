@@ -132,6 +132,28 @@ def test_extent_and_bands(provider, utm_raster, small_model, tmp_path):
         assert c.shape == (80, 80) and c.transform.c == pytest.approx(300010)
 
 
+def test_extent_in_another_crs_is_reprojected_to_the_layers(provider, utm_raster, small_model, tmp_path):
+    from osgeo import osr
+
+    utm, wgs84 = osr.SpatialReference(), osr.SpatialReference()
+    utm.ImportFromEPSG(32640)
+    wgs84.ImportFromEPSG(4326)
+    for srs in (utm, wgs84):
+        srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    to_lonlat = osr.CoordinateTransformation(utm, wgs84)
+    corners = [to_lonlat.TransformPoint(x, y)[:2] for x in (300010, 300050) for y in (2779950, 2779990)]
+    lons, lats = [c[0] for c in corners], [c[1] for c in corners]
+    assert 54 < min(lons) < 58 and 25 < min(lats) < 26  # degrees, a box in another CRS than the layer's
+    out = run("landcover:segment", {"INPUT": utm_raster, "MODEL": small_model,
+                                    "EXTENT": f"{min(lons)},{max(lons)},{min(lats)},{max(lats)} [EPSG:4326]",
+                                    "OUTPUT_RASTER": str(tmp_path / "c.tif")})
+    with rasterio.open(out["OUTPUT_RASTER"]) as c:
+        left, bottom, right, top = c.bounds
+    # the lon/lat box, back in UTM, holds the 40 m square and a little more (meridians converge), not the layer
+    assert 300000 < left <= 300010 and 300050 <= right < 300060
+    assert 2779940 < bottom <= 2779950 and 2779990 <= top < 2780000
+
+
 @pytest.mark.parametrize("params,message", [
     ({"BANDS": [1, 2]}, "expects 3 input bands"),
     ({"BANDS": [1, 2, 7]}, "Band 7 does not exist"),
