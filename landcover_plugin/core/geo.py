@@ -6,8 +6,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-_EARTH_RADIUS = 6371008.8  # mean radius, metres
-_M_PER_DEG = _EARTH_RADIUS * math.pi / 180.0
+# WGS84: on a sphere of the mean radius, areas at 60 degrees latitude come out 0.56% too small
+_A = 6378137.0  # semi-major axis, metres
+_E2 = (1 / 298.257223563) * (2 - 1 / 298.257223563)  # first eccentricity squared
+_A_RAD_PER_DEG = _A * math.pi / 180.0
+
+
+def _radii(lat_deg):
+    """(N cos(lat), M) over the semi-major axis: the ground length of a radian of longitude and of
+    latitude at `lat_deg` on the WGS84 ellipsoid, as fractions of _A."""
+    phi = np.radians(lat_deg)
+    w2 = 1 - _E2 * np.sin(phi) ** 2
+    return np.cos(phi) / np.sqrt(w2), (1 - _E2) / w2 ** 1.5
 
 
 @dataclass(frozen=True)
@@ -63,11 +73,11 @@ def ground_geometry(crs, transform, height: int, width: int | None = None) -> Gr
     if crs is None or transform.is_identity:
         return GroundGeometry("pixels", 1.0, 1.0)
     if crs.is_geographic:
-        # a degree of longitude shrinks with the cosine of the latitude; one of latitude does not
+        # on the ellipsoid, a degree of longitude shrinks with the latitude, and one of latitude grows
         rows = _sample_rows(height)
         lat = np.clip(transform.f + transform.e * rows, -90.0, 90.0)
-        return GroundGeometry("m", px * _M_PER_DEG, py * _M_PER_DEG,
-                              row_scale=(rows, np.cos(np.radians(lat)), np.ones_like(rows)))
+        kx, ky = _radii(lat)
+        return GroundGeometry("m", px * _A_RAD_PER_DEG, py * _A_RAD_PER_DEG, row_scale=(rows, kx, ky))
     try:
         factor = crs.linear_units_factor[1]
     except Exception:  # engineering CRSs without linear units: take the numbers as metres
@@ -79,10 +89,11 @@ def ground_geometry(crs, transform, height: int, width: int | None = None) -> Gr
     return GroundGeometry("m", px * factor, py * factor, row_scale=scale)
 
 
-def _haversine(lon1, lat1, lon2, lat2) -> np.ndarray:
-    p1, p2 = np.radians(lat1), np.radians(lat2)
-    a = np.sin((p2 - p1) / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(np.radians(lon2 - lon1) / 2) ** 2
-    return 2 * _EARTH_RADIUS * np.arcsin(np.sqrt(np.clip(a, 0, 1)))
+def _step_metres(lon1, lat1, lon2, lat2) -> np.ndarray:
+    """Ground length of short steps (a pixel) between points, on the WGS84 ellipsoid's local metric."""
+    kx, ky = _radii((np.asarray(lat1) + np.asarray(lat2)) / 2)
+    dlon = (np.asarray(lon2) - np.asarray(lon1) + 180.0) % 360.0 - 180.0
+    return _A_RAD_PER_DEG * np.hypot(kx * dlon, ky * (np.asarray(lat2) - np.asarray(lat1)))
 
 
 def _ground_scale(crs, transform, height: int, width: int, samples: int = 257):
@@ -110,9 +121,9 @@ def _ground_scale(crs, transform, height: int, width: int, samples: int = 257):
         return None
     map_x = np.hypot(x1 - x0, y1 - y0)
     map_y = np.hypot(x2 - x0, y2 - y0)
-    kx = _haversine(lon[:n], lat[:n], lon[n:2 * n], lat[n:2 * n]) / map_x
-    ky = _haversine(lon[:n], lat[:n], lon[2 * n:], lat[2 * n:]) / map_y
-    # the sphere differs from the ellipsoid by up to ~0.5%: only a clear stretch counts
+    kx = _step_metres(lon[:n], lat[:n], lon[n:2 * n], lat[n:2 * n]) / map_x
+    ky = _step_metres(lon[:n], lat[:n], lon[2 * n:], lat[2 * n:]) / map_y
+    # conformal projections made for the ground (UTM: 0.04%) keep their units: only a clear stretch counts
     if abs(kx[n // 2] - 1) < 0.01 and abs(ky[n // 2] - 1) < 0.01:
         return None
     return rows, kx, ky
