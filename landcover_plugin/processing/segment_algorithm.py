@@ -13,6 +13,7 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingParameterBand,
     QgsProcessingParameterBoolean,
+    QgsProcessingParameterDistance,
     QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSink,
@@ -130,12 +131,14 @@ class SegmentAlgorithm(LandcoverAlgorithm):
             advanced=True)
         add(QgsProcessingParameterBoolean(self.TTA, "Test-time augmentation (8x slower)", defaultValue=False),
             "Average the predictions of the 8 flips and quarter turns of every window.", advanced=True)
-        add(QgsProcessingParameterNumber(self.MIN_AREA, "Minimum region area (square ground units; empty: the model's)",
+        add(QgsProcessingParameterNumber(self.MIN_AREA, "Minimum region area in m² (square pixels for a raster "
+                                         "without CRS; empty: the model's)",
                                          QgsProcessingParameterNumber.Double, None, True, 0.0),
-            "Regions smaller than this (m² where the CRS has ground units) join their largest neighbour. Empty: "
-            "the model's default (0 for land cover, a few m² for buildings).")
-        add(QgsProcessingParameterNumber(self.SIMPLIFY, "Polygon simplification tolerance (map units, 0: none; "
-                                         "empty: the model's)", QgsProcessingParameterNumber.Double, None, True, 0.0),
+            "Regions smaller than this join their largest neighbour. In square metres on the ground, also for a "
+            "raster in degrees. Empty: the model's default (0 for land cover, a few m² for buildings).")
+        add(QgsProcessingParameterDistance(self.SIMPLIFY, "Polygon simplification tolerance (0: none; empty: the "
+                                           "model's)", None, self.INPUT, True, 0.0),
+            "In the input layer's units, which the dialog shows (and converts others to). "
             "Simplifies each edge shared by two polygons once, so neighbours keep sharing their boundaries. "
             "Empty: the model's default (none for land cover, straight building outlines for buildings).")
         add(QgsProcessingParameterRasterDestination(self.OUTPUT_RASTER, "Land-cover classes"),

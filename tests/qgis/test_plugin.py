@@ -56,6 +56,9 @@ def test_provider_and_algorithms_are_registered(provider):
         "auto", "fp32", "bf16", "int8", "fp16"]
     assert seg.parameterDefinition("PRECISION").flags() & seg.parameterDefinition("PRECISION").FlagAdvanced
     assert defaults["TILE_SIZE"] is None and defaults["OVERLAP"] is None and defaults["MIN_AREA"] is None
+    simplify = seg.parameterDefinition("SIMPLIFY")  # a distance in the input layer's units, shown by the dialog
+    assert simplify.type() == "distance" and simplify.parentParameterName() == "INPUT"
+    assert "m²" in seg.parameterDefinition("MIN_AREA").description()
     assert all(p.help() for p in seg.parameterDefinitions())
     assert "bundled model" in seg.shortHelpString() and "road" in seg.shortHelpString()
     assert {o.name() for o in ev.outputDefinitions()} >= {"MIOU", "OVERALL_ACCURACY", "IOU"}
