@@ -25,6 +25,10 @@ class LandcoverProvider(QgsProcessingProvider):
     def svgIconPath(self):  # noqa: N802
         return ICON
 
+    def supportedOutputRasterLayerExtensions(self):  # noqa: N802
+        """The engine writes GeoTIFF (tiled, compressed, with the colour table): the dialogs offer only it."""
+        return ["tif", "tiff"]
+
     def loadAlgorithms(self):  # noqa: N802
         from .evaluate_algorithm import EvaluateAlgorithm
         from .segment_algorithm import SegmentAlgorithm

@@ -1,6 +1,7 @@
 """landcover:segment, "Segment land cover": the engine behind a Processing algorithm."""
 from __future__ import annotations
 
+import os
 import time
 
 from qgis.core import (
@@ -11,6 +12,7 @@ from qgis.core import (
     QgsGeometry,
     QgsProcessing,
     QgsProcessingException,
+    QgsProcessingOutputLayerDefinition,
     QgsProcessingParameterBand,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterDistance,
@@ -157,6 +159,11 @@ class SegmentAlgorithm(LandcoverAlgorithm):
 
     def checkParameterValues(self, parameters, context):  # noqa: N802
         ok, message = super().checkParameterValues(parameters, context)
+        for name in (self.OUTPUT_RASTER, self.OUTPUT_CONFIDENCE):
+            ext = os.path.splitext(_output_path(parameters.get(name)))[1].lower()
+            if ok and ext not in ("", ".tif", ".tiff"):
+                ok, message = False, (f"{name} is written as a GeoTIFF; give it a .tif file name (not {ext}), and "
+                                      f"convert it afterwards with Raster > Conversion > Translate if need be.")
         return self.check_model(parameters, self.MODEL, context) if ok else (ok, message)
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
@@ -261,3 +268,12 @@ class SegmentAlgorithm(LandcoverAlgorithm):
                 return  # pushed as warnings at the end, once
             feedback.pushInfo(message)
         return log
+
+
+def _output_path(value) -> str:
+    """The file an output parameter names, or "" for a temporary output or a non-file destination."""
+    if isinstance(value, QgsProcessingOutputLayerDefinition):
+        value = value.sink.staticValue()
+    if not isinstance(value, str) or value == "TEMPORARY_OUTPUT" or value.startswith("memory:"):
+        return ""
+    return value

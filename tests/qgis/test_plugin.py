@@ -135,6 +135,19 @@ def test_extent_and_bands(provider, utm_raster, small_model, tmp_path):
         assert c.shape == (80, 80) and c.transform.c == pytest.approx(300010)
 
 
+def test_outputs_other_than_geotiff_are_refused_clearly(provider, utm_raster, small_model, tmp_path):
+    assert provider.supportedOutputRasterLayerExtensions() == ["tif", "tiff"]  # what the dialogs offer
+    for name in ("OUTPUT_RASTER", "OUTPUT_CONFIDENCE"):
+        params = {"INPUT": utm_raster, "MODEL": small_model, "OUTPUT_RASTER": str(tmp_path / "c.tif"),
+                  name: str(tmp_path / "out.img")}
+        with pytest.raises(QgsProcessingException, match=f"{name} is written as a GeoTIFF.*not .img"):
+            run("landcover:segment", params)
+    assert not os.listdir(tmp_path)
+    out = run("landcover:segment", {"INPUT": utm_raster, "MODEL": small_model,
+                                    "OUTPUT_RASTER": str(tmp_path / "c.TIFF")})
+    assert os.path.exists(out["OUTPUT_RASTER"])
+
+
 def test_extent_in_another_crs_is_reprojected_to_the_layers(provider, utm_raster, small_model, tmp_path):
     from osgeo import osr
 
