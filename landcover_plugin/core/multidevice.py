@@ -110,7 +110,7 @@ def run_parts(job: PartJob, parts: list[Part], write: Callable[[int, list], None
     fractions = np.zeros(len(parts))
     finished: set[int] = set()
     log(f"Running {len(parts)} parts of the raster at once: " +
-        ", ".join(f"rows {a}-{b} on {p.device}" for p, (a, b) in zip(parts, (p.rows for p in parts))) + ".")
+        ", ".join(f"rows {p.rows[0]}-{p.rows[1]} on {p.device}" for p in parts) + ".")
     try:
         executable = spawn.get_executable()  # a setting of the whole process: QGIS's, other plugins'
         ctx.set_executable(python_executable())
