@@ -184,6 +184,39 @@ def segment(input_path: str, class_path: str, model=None, confidence_path: str |
     return result
 
 
+def chosen_bands(bands, count: int, spec: ModelSpec) -> tuple[int, ...]:
+    """The 1-based bands a raster of `count` bands gives the model: `bands` where chosen, else the model's."""
+    bands = tuple(bands) if bands else spec.bands
+    if len(bands) != spec.in_channels:
+        raise InputError(f"The model expects {spec.in_channels} input bands but {len(bands)} were chosen; "
+                         f"choose {spec.in_channels} bands.")
+    bad = [b for b in bands if not 1 <= b <= count]
+    if bad:
+        raise InputError(f"Band {bad[0]} does not exist: the raster has {count} band(s); choose bands from 1 to "
+                         f"{count} ({spec.in_channels} of them, in the order the model expects).")
+    return bands
+
+
+def region_of_extent(extent, transform, width: int, height: int) -> Region:
+    """The pixels of a width x height raster (affine `transform`) that `extent` (xmin, ymin, xmax, ymax
+    in the raster's CRS) covers, snapped outwards to whole pixels; the whole raster without an extent."""
+    if not extent:
+        return Region(0, 0, width, height)
+    xmin, ymin, xmax, ymax = extent
+    if not (xmax > xmin and ymax > ymin):
+        raise InputError("The extent is empty; give xmin < xmax and ymin < ymax.")
+    inverse = ~transform
+    corners = [inverse * (x, y) for x in (xmin, xmax) for y in (ymin, ymax)]
+    cols, rows = [c for c, _ in corners], [r for _, r in corners]
+    # snap outwards to whole pixels, forgiving rounding noise in the coordinates
+    c0, r0 = max(0, math.floor(min(cols) + 1e-6)), max(0, math.floor(min(rows) + 1e-6))
+    c1, r1 = min(width, math.ceil(max(cols) - 1e-6)), min(height, math.ceil(max(rows) - 1e-6))
+    if c1 <= c0 or r1 <= r0:
+        raise InputError("The extent does not overlap the raster; choose an extent inside the layer "
+                         "(in the layer's CRS).")
+    return Region(c0, r0, c1 - c0, r1 - r0)
+
+
 def _check_paths(input_path, *outputs_):
     given = [os.path.abspath(p) for p in outputs_ if p]
     if os.path.abspath(input_path) in given:
@@ -231,34 +264,10 @@ class _Job:
         self.log("Warning: " + msg)
 
     def _bands(self) -> tuple[int, ...]:
-        n = self.src.count
-        bands = tuple(self.opts.bands) if self.opts.bands else self.spec.bands
-        if len(bands) != self.spec.in_channels:
-            raise InputError(f"The model expects {self.spec.in_channels} input bands but {len(bands)} were chosen; "
-                             f"choose {self.spec.in_channels} bands.")
-        bad = [b for b in bands if not 1 <= b <= n]
-        if bad:
-            raise InputError(f"Band {bad[0]} does not exist: the raster has {n} band(s); choose bands from 1 to {n} "
-                             f"({self.spec.in_channels} of them, in the order the model expects).")
-        return bands
+        return chosen_bands(self.opts.bands, self.src.count, self.spec)
 
     def _region(self) -> Region:
-        w, h = self.src.width, self.src.height
-        if not self.opts.extent:
-            return Region(0, 0, w, h)
-        xmin, ymin, xmax, ymax = self.opts.extent
-        if not (xmax > xmin and ymax > ymin):
-            raise InputError("The extent is empty; give xmin < xmax and ymin < ymax.")
-        inverse = ~self.src.transform
-        corners = [inverse * (x, y) for x in (xmin, xmax) for y in (ymin, ymax)]
-        cols, rows = [c for c, _ in corners], [r for _, r in corners]
-        # snap outwards to whole pixels, forgiving rounding noise in the coordinates
-        c0, r0 = max(0, math.floor(min(cols) + 1e-6)), max(0, math.floor(min(rows) + 1e-6))
-        c1, r1 = min(w, math.ceil(max(cols) - 1e-6)), min(h, math.ceil(max(rows) - 1e-6))
-        if c1 <= c0 or r1 <= r0:
-            raise InputError("The extent does not overlap the raster; choose an extent inside the layer "
-                             "(in the layer's CRS).")
-        return Region(c0, r0, c1 - c0, r1 - r0)
+        return region_of_extent(self.opts.extent, self.src.transform, self.src.width, self.src.height)
 
     def _scale(self) -> float:
         model_gsd, raster_gsd = self.spec.gsd, self.geometry.gsd

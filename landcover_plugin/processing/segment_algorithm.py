@@ -164,7 +164,33 @@ class SegmentAlgorithm(LandcoverAlgorithm):
             if ok and ext not in ("", ".tif", ".tiff"):
                 ok, message = False, (f"{name} is written as a GeoTIFF; give it a .tif file name (not {ext}), and "
                                       f"convert it afterwards with Raster > Conversion > Translate if need be.")
-        return self.check_model(parameters, self.MODEL, context) if ok else (ok, message)
+        if ok:
+            ok, message = self.check_model(parameters, self.MODEL, context)
+        return self._check_layer(parameters, context) if ok else (ok, message)
+
+    def _check_layer(self, parameters, context):
+        """Bands and extent against the layer and the model, from their headers: before torch loads."""
+        from rasterio.transform import from_bounds
+
+        from ..core.errors import LandcoverError
+        from ..core.model_file import read_spec, resolve_model_path
+        from ..core.segment import chosen_bands, region_of_extent
+
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        if layer is None:
+            return True, ""  # QGIS's own check has spoken
+        try:
+            spec = read_spec(resolve_model_path(self.parameterAsFile(parameters, self.MODEL, context) or None))
+            chosen_bands(self.parameterAsInts(parameters, self.BANDS, context) or None, layer.bandCount(), spec)
+            if parameters.get(self.EXTENT) and layer.crs().isValid():
+                r, e = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs()), layer.extent()
+                grid = from_bounds(e.xMinimum(), e.yMinimum(), e.xMaximum(), e.yMaximum(), layer.width(),
+                                   layer.height())
+                region_of_extent((r.xMinimum(), r.yMinimum(), r.xMaximum(), r.yMaximum()), grid, layer.width(),
+                                 layer.height())
+        except LandcoverError as exc:
+            return False, str(exc)
+        return True, ""
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         require_engine()

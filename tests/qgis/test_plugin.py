@@ -203,6 +203,20 @@ def test_cuda_asked_without_cuda(provider, utm_raster, small_model, tmp_path):
     assert not os.listdir(tmp_path)
 
 
+@pytest.mark.parametrize("params,message", [
+    ({"BANDS": [1, 2]}, "expects 3 input bands"),
+    ({"BANDS": [1, 2, 7]}, "Band 7 does not exist"),
+    ({"EXTENT": "0,10,0,10 [EPSG:32640]"}, "does not overlap"),
+])
+def test_bands_and_extent_are_checked_before_torch_loads(provider, utm_raster, small_model, tmp_path, monkeypatch,
+                                                          params, message):
+    monkeypatch.setitem(sys.modules, "torch", None)  # the checks must not need it
+    with pytest.raises(QgsProcessingException, match=message):
+        run("landcover:segment", {"INPUT": utm_raster, "MODEL": small_model, **params,
+                                  "OUTPUT_RASTER": str(tmp_path / "c.tif")})
+    assert not os.listdir(tmp_path)
+
+
 def test_torch_missing_is_explained(provider, utm_raster, small_model, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(QgsProcessingException, match="needs torch.*pip install .*torch"):
