@@ -388,17 +388,21 @@ def prepare_int8(model, tile: int, args) -> float | None:
     """Compile (or load) the int8 package a CPU run may use, as an earlier run would have: users pay
     it once, so the timed run shows the steady state. Seconds it took, or None where int8 cannot run."""
     from landcover_plugin.core import quantize
-    from landcover_plugin.core.device import auto_batch, cpu_has_bf16, resolve_device
+    from landcover_plugin.core.device import auto_batch, device_names, resolve_device
     from landcover_plugin.core.unet import fused_for_inference
 
     net, spec = model
-    device = resolve_device(args.device)
-    if (device.type != "cpu" or args.precision not in ("auto", "int8") or args.precision == "auto" and cpu_has_bf16()
-            or getattr(net, "calibration_windows", None) is None or not quantize.int8_available()):
+    device = resolve_device(device_names(args.device)[0])
+    if device.type != "cpu" or args.precision not in ("auto", "int8"):
         return None
-    batch = args.batch or auto_batch(device, tile, spec.base_width)
+    shape = (args.batch or auto_batch(device, tile, spec.base_width), len(spec.bands), tile, tile)
+    # under auto, only where the engine would choose int8 for a large raster (the model, the CPU, torchao)
+    if args.precision == "auto" and not quantize.worth_int8(net, spec, shape, quantize.INT8_MIN_PIXELS_COLD):
+        return None
+    if getattr(net, "calibration_windows", None) is None or not quantize.int8_available():
+        return None
     t0 = time.perf_counter()
-    quantize.int8_network(net, fused_for_inference(net), spec.mean, spec.std, (batch, len(spec.bands), tile, tile))
+    quantize.int8_network(net, fused_for_inference(net), spec.mean, spec.std, shape)
     return round(time.perf_counter() - t0, 2)
 
 

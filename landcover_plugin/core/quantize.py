@@ -139,11 +139,14 @@ def int8_network(source, fused, mean, std, shape, log=lambda m: None):
     shape = tuple(shape)
     if shape not in per_shape:
         path = package_path(source, mean, std, shape)
+
+        def compile_package():
+            _compile(fused, getattr(source, "calibration_windows", None), mean, std, shape, path)
+
         if not os.path.exists(path):
             log(f"Quantizing the network to int8 and compiling it for this CPU (once; kept in {cache_dir()})...")
-            _compile(fused, getattr(source, "calibration_windows", None), mean, std, shape, path)
-        per_shape[shape] = _load(path, lambda: _compile(fused, getattr(source, "calibration_windows", None), mean,
-                                                        std, shape, path))
+            compile_package()
+        per_shape[shape] = _load(path, compile_package)
     return per_shape[shape]
 
 

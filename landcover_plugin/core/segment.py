@@ -306,7 +306,6 @@ class _Job:
         predictor = None
         if len(parts) <= 1 or precision == "int8":
             # with parts, an int8 network is compiled (or its fallback chosen) here once, not by every process
-            device = resolve_device(parts[0].device) if parts else device
             predictor, precision = self._predictor(network, device, batch, precision)
         self.write_behind = len(parts) <= 1 and write_in_background(device)
         where = describe(device) if len(parts) <= 1 else \

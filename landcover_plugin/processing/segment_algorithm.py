@@ -164,12 +164,11 @@ class SegmentAlgorithm(LandcoverAlgorithm):
             if ok and ext not in ("", ".tif", ".tiff"):
                 ok, message = False, (f"{name} is written as a GeoTIFF; give it a .tif file name (not {ext}), and "
                                       f"convert it afterwards with Raster > Conversion > Translate if need be.")
-        if ok:
-            ok, message = self.check_model(parameters, self.MODEL, context)
-        return self._check_layer(parameters, context) if ok else (ok, message)
+        return self._check_model_and_layer(parameters, context) if ok else (ok, message)
 
-    def _check_layer(self, parameters, context):
-        """Bands and extent against the layer and the model, from their headers: before torch loads."""
+    def _check_model_and_layer(self, parameters, context):
+        """The model file, and bands and extent against the layer and the model, from their headers (each
+        read once): before torch loads."""
         from rasterio.transform import from_bounds
 
         from ..core.errors import LandcoverError
@@ -177,10 +176,10 @@ class SegmentAlgorithm(LandcoverAlgorithm):
         from ..core.segment import chosen_bands, region_of_extent
 
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
-        if layer is None:
-            return True, ""  # QGIS's own check has spoken
         try:
             spec = read_spec(resolve_model_path(self.parameterAsFile(parameters, self.MODEL, context) or None))
+            if layer is None:
+                return True, ""  # QGIS's own check has spoken
             chosen_bands(self.parameterAsInts(parameters, self.BANDS, context) or None, layer.bandCount(), spec)
             if parameters.get(self.EXTENT) and layer.crs().isValid():
                 r, e = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs()), layer.extent()
