@@ -34,7 +34,8 @@ class LandcoverPlugin:
     def initGui(self):  # noqa: N802
         self.initProcessing()
         from qgis.PyQt.QtGui import QIcon
-        from qgis.PyQt.QtWidgets import QAction
+
+        from .processing.compat import QAction
 
         self.action = QAction(QIcon(ICON), "Segment land cover…", self.iface.mainWindow())
         self.action.setObjectName("landcoverSegmentAction")

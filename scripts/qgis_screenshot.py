@@ -27,7 +27,7 @@ def shoot():
         for layer in QgsProject.instance().mapLayers().values():
             if layer.name() != "sample image":
                 node = root.findLayer(layer.id())
-                if layer.type() == layer.RasterLayer:
+                if isinstance(layer, QgsRasterLayer):
                     layer.renderer().setOpacity(0.55)
                 else:
                     layer.setOpacity(0.35)

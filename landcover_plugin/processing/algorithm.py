@@ -1,7 +1,7 @@
 """What every landcover algorithm shares."""
 from __future__ import annotations
 
-from qgis.core import QgsProcessingAlgorithm, QgsProcessingParameterFile
+from qgis.core import QgsProcessingAlgorithm, QgsProcessingParameterDefinition, QgsProcessingParameterFile
 from qgis.PyQt.QtCore import QVariant
 from qgis.PyQt.QtGui import QIcon
 
@@ -64,7 +64,7 @@ class LandcoverAlgorithm(QgsProcessingAlgorithm):
         """Add a parameter with its help text, among the advanced ones when asked."""
         param.setHelp(help_text)
         if advanced:
-            param.setFlags(param.flags() | param.FlagAdvanced)
+            param.setFlags(param.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
         self.addParameter(param)
 
     def check_model(self, parameters, name: str, context) -> tuple[bool, str]:

@@ -49,7 +49,8 @@ class EvaluateAlgorithm(LandcoverAlgorithm):
         p.setHelp("Class ids, for example the output of Segment land cover.")
         self.addParameter(p)
         p = QgsProcessingParameterMapLayer(self.REFERENCE, "Reference (raster of class ids, or polygons)",
-                                           types=[QgsProcessing.TypeRaster, QgsProcessing.TypeVectorPolygon])
+                                           types=[QgsProcessing.SourceType.TypeRaster,
+                                                  QgsProcessing.SourceType.TypeVectorPolygon])
         p.setHelp("Ground truth: a raster of class ids (255 ignored), or polygons with a class field.")
         self.addParameter(p)
         p = QgsProcessingParameterField(self.REFERENCE_FIELD, "Class field of the reference polygons",

@@ -7,7 +7,6 @@ import time
 from qgis.core import (
     QgsFeature,
     QgsFeatureSink,
-    QgsField,
     QgsFields,
     QgsGeometry,
     QgsProcessing,
@@ -26,10 +25,10 @@ from qgis.core import (
     QgsVectorLayer,
     QgsWkbTypes,
 )
-from qgis.PyQt.QtCore import QVariant
 
 from ..core.device import PRECISIONS  # no torch at import
 from .algorithm import DEVICES, LandcoverAlgorithm, model_parameter
+from .compat import new_field
 from .dependencies import require_engine
 
 SEGMENT_DEVICES = [*DEVICES, "cuda:all"]  # appended: a saved model's index of a device keeps its meaning
@@ -110,14 +109,14 @@ class SegmentAlgorithm(LandcoverAlgorithm):
         add(QgsProcessingParameterExtent(self.EXTENT, "Process only this extent", optional=True),
             "Classify only this area; outputs cover the extent on the input's pixel grid.")
         add(QgsProcessingParameterNumber(self.TILE_SIZE, "Tile size in pixels (empty: the model's)",
-                                         QgsProcessingParameterNumber.Integer, None, True, 32, 8192),
+                                         QgsProcessingParameterNumber.Type.Integer, None, True, 32, 8192),
             "Window size the network sees at once; larger windows give more context and need more memory.",
             advanced=True)
         add(QgsProcessingParameterNumber(self.OVERLAP, "Overlap in pixels (empty: the model's)",
-                                         QgsProcessingParameterNumber.Integer, None, True, 0, 4095),
+                                         QgsProcessingParameterNumber.Type.Integer, None, True, 0, 4095),
             "Overlap between neighbouring windows, blended smoothly; less than half the tile size.", advanced=True)
         add(QgsProcessingParameterNumber(self.BATCH_SIZE, "Batch size (0: automatic)",
-                                         QgsProcessingParameterNumber.Integer, 0, False, 0, 1024),
+                                         QgsProcessingParameterNumber.Type.Integer, 0, False, 0, 1024),
             "Windows processed together; 0 picks one for the device.", advanced=True)
         add(QgsProcessingParameterEnum(self.DEVICE, "Device", SEGMENT_DEVICES, defaultValue=0),
             "auto: the CUDA GPU when PyTorch sees one, else the CPU. cuda:all: every GPU at once, each in a "
@@ -135,7 +134,7 @@ class SegmentAlgorithm(LandcoverAlgorithm):
             "Average the predictions of the 8 flips and quarter turns of every window.", advanced=True)
         add(QgsProcessingParameterNumber(self.MIN_AREA, "Minimum region area in m² (square pixels for a raster "
                                          "without CRS; empty: the model's)",
-                                         QgsProcessingParameterNumber.Double, None, True, 0.0),
+                                         QgsProcessingParameterNumber.Type.Double, None, True, 0.0),
             "Regions smaller than this join their largest neighbour. In square metres on the ground, also for a "
             "raster in degrees. Empty: the model's default (0 for land cover, a few m² for buildings).")
         add(QgsProcessingParameterDistance(self.SIMPLIFY, "Polygon simplification tolerance (0: none; empty: the "
@@ -146,7 +145,7 @@ class SegmentAlgorithm(LandcoverAlgorithm):
         add(QgsProcessingParameterRasterDestination(self.OUTPUT_RASTER, "Land-cover classes"),
             "Class ids, byte, nodata 255, styled with the class names and colours.")
         add(QgsProcessingParameterFeatureSink(self.OUTPUT_VECTOR, "Land-cover polygons",
-                                              QgsProcessing.TypeVectorPolygon, optional=True,
+                                              QgsProcessing.SourceType.TypeVectorPolygon, optional=True,
                                               createByDefault=True),
             "One polygon per connected region of a class: class_id, class_name, area, confidence.")
         add(QgsProcessingParameterRasterDestination(self.OUTPUT_CONFIDENCE, "Confidence", optional=True,
@@ -231,12 +230,11 @@ class SegmentAlgorithm(LandcoverAlgorithm):
         spec = model[1]
 
         fields = QgsFields()
-        fields.append(QgsField("class_id", QVariant.Int))
-        fields.append(QgsField("class_name", QVariant.String))
-        fields.append(QgsField("area", QVariant.Double))
-        fields.append(QgsField("confidence", QVariant.Double))
+        for name, kind in (("class_id", "int"), ("class_name", "string"), ("area", "double"),
+                           ("confidence", "double")):
+            fields.append(new_field(name, kind))
         sink, vector_id = self.parameterAsSink(parameters, self.OUTPUT_VECTOR, context, fields,
-                                               QgsWkbTypes.Polygon, layer.crs())
+                                               QgsWkbTypes.Type.Polygon, layer.crs())
         writer = None
         if sink is not None:
             def writer(records):
@@ -247,7 +245,7 @@ class SegmentAlgorithm(LandcoverAlgorithm):
                     f.setGeometry(geom)
                     f.setAttributes([int(rec.class_id), rec.class_name, float(rec.area),
                                      None if rec.confidence is None else float(rec.confidence)])
-                    sink.addFeature(f, QgsFeatureSink.FastInsert)
+                    sink.addFeature(f, QgsFeatureSink.Flag.FastInsert)
                     if feedback.isCanceled():
                         raise Cancelled("Cancelled; no output was written.")
 

@@ -68,10 +68,12 @@ class TrainAlgorithm(LandcoverAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         add = self.add_parameter
-        add(QgsProcessingParameterMultipleLayers(self.INPUT, "Imagery to learn from", QgsProcessing.TypeRaster),
+        add(QgsProcessingParameterMultipleLayers(self.INPUT, "Imagery to learn from",
+                                                 QgsProcessing.SourceType.TypeRaster),
             "One or more rasters (GDAL files) that the labels cover.")
         add(QgsProcessingParameterMapLayer(self.LABELS, "Labels (polygons, or a raster of class ids)",
-                                           types=[QgsProcessing.TypeVectorPolygon, QgsProcessing.TypeRaster]),
+                                           types=[QgsProcessing.SourceType.TypeVectorPolygon,
+                                                  QgsProcessing.SourceType.TypeRaster]),
             "Polygons with a class field, in any CRS; or a raster of class ids where 255 means unlabelled.")
         add(QgsProcessingParameterField(self.CLASS_FIELD, "Class field (ids or names)", None, self.LABELS,
                                         optional=True),
@@ -84,22 +86,22 @@ class TrainAlgorithm(LandcoverAlgorithm):
             "Ignore the starting model and learn from random weights (needs many more labels and time).",
             advanced=True)
         add(QgsProcessingParameterNumber(self.VALIDATION, "Share of the labelled area held out for validation",
-                                         QgsProcessingParameterNumber.Double, 0.2, False, 0.0, 0.5),
+                                         QgsProcessingParameterNumber.Type.Double, 0.2, False, 0.0, 0.5),
             "Blocks of the labelled area (not single pixels) held out to score the model; 0 for none.")
         add(QgsProcessingParameterNumber(self.MAX_MINUTES, "Time budget (minutes)",
-                                         QgsProcessingParameterNumber.Double, 15.0, False, 0.1, 100000.0),
+                                         QgsProcessingParameterNumber.Type.Double, 15.0, False, 0.1, 100000.0),
             "Training fits its schedule to this time, reading the data included.")
         add(QgsProcessingParameterNumber(self.EPOCHS, "Epochs (empty: as many as the time allows)",
-                                         QgsProcessingParameterNumber.Integer, None, True, 1, 10000),
+                                         QgsProcessingParameterNumber.Type.Integer, None, True, 1, 10000),
             "Number of epochs; shortened if they do not fit the time budget.", advanced=True)
         add(QgsProcessingParameterNumber(self.TILE_SIZE, "Training window size in pixels (empty: 256)",
-                                         QgsProcessingParameterNumber.Integer, None, True, 32, 2048),
+                                         QgsProcessingParameterNumber.Type.Integer, None, True, 32, 2048),
             "Side of the windows the network learns from.", advanced=True)
         add(QgsProcessingParameterNumber(self.BATCH_SIZE, "Batch size (empty: 8 on a CPU, 16 on a GPU)",
-                                         QgsProcessingParameterNumber.Integer, None, True, 1, 1024),
+                                         QgsProcessingParameterNumber.Type.Integer, None, True, 1, 1024),
             "Windows per training step.", advanced=True)
         add(QgsProcessingParameterNumber(self.LEARNING_RATE, "Learning rate (empty: 2e-4 to adapt, 2e-3 from "
-                                         "scratch)", QgsProcessingParameterNumber.Double, None, True, 0.0, 1.0),
+                                         "scratch)", QgsProcessingParameterNumber.Type.Double, None, True, 0.0, 1.0),
             "AdamW learning rate of the decoder; the encoder learns at 0.3x, the head at 5x.", advanced=True)
         add(QgsProcessingParameterEnum(self.DEVICE, "Device", DEVICES, defaultValue=0),
             "auto: the CUDA GPU when PyTorch sees one, else the CPU.")
@@ -185,7 +187,7 @@ class TrainAlgorithm(LandcoverAlgorithm):
                 styled = {str(int(c.value)): (c.label, c.color.name()) for c in layer.renderer().classes()
                           if c.label}
             return Labels(raster=layer.source(), styled=styled)
-        if not isinstance(layer, QgsVectorLayer) or layer.geometryType() != QgsWkbTypes.PolygonGeometry:
+        if not isinstance(layer, QgsVectorLayer) or layer.geometryType() != QgsWkbTypes.GeometryType.PolygonGeometry:
             raise QgsProcessingException("The labels must be polygons or a raster of class ids.")
         field = self.parameterAsString(parameters, self.CLASS_FIELD, context)
         if not field:
@@ -216,7 +218,7 @@ class TrainAlgorithm(LandcoverAlgorithm):
         options.driverName = "GPKG"
         options.layerName = "labels"
         error = QgsVectorFileWriter.writeAsVectorFormatV3(layer, copy, QgsCoordinateTransformContext(), options)
-        if error[0] != QgsVectorFileWriter.NoError:
+        if error[0] != QgsVectorFileWriter.WriterError.NoError:
             raise QgsProcessingException(f"The labels could not be copied for training: {error[1]}")
         feedback.pushInfo(f"labels copied to {copy}")
         return copy, "labels"

@@ -14,6 +14,7 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
+    QgsProcessingParameterDefinition,
     QgsRasterLayer,
     QgsVectorLayer,
 )
@@ -54,7 +55,7 @@ def test_provider_and_algorithms_are_registered(provider):
     assert defaults["DEVICE"] == 0 and defaults["TTA"] is False and defaults["BATCH_SIZE"] == 0
     assert defaults["PRECISION"] == "auto" and seg.parameterDefinition("PRECISION").options() == [
         "auto", "fp32", "bf16", "int8", "fp16"]
-    assert seg.parameterDefinition("PRECISION").flags() & seg.parameterDefinition("PRECISION").FlagAdvanced
+    assert seg.parameterDefinition("PRECISION").flags() & QgsProcessingParameterDefinition.Flag.FlagAdvanced
     assert defaults["TILE_SIZE"] is None and defaults["OVERLAP"] is None and defaults["MIN_AREA"] is None
     simplify = seg.parameterDefinition("SIMPLIFY")  # a distance in the input layer's units, shown by the dialog
     assert simplify.type() == "distance" and simplify.parentParameterName() == "INPUT"
