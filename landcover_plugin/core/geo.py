@@ -127,3 +127,18 @@ def _ground_scale(crs, transform, height: int, width: int, samples: int = 257):
     if abs(kx[n // 2] - 1) < 0.01 and abs(ky[n // 2] - 1) < 0.01:
         return None
     return rows, kx, ky
+
+
+def map_resolution(crs, bounds, metres: float) -> float:
+    """Map units per pixel that make a pixel `metres` wide on the ground at the centre of `bounds`
+    (left, bottom, right, top) in `crs` (a rasterio CRS): degrees on geographic CRSs, Web Mercator
+    units stretched by the latitude, the metres themselves on ground-true projections."""
+    from rasterio.transform import from_bounds
+
+    left, bottom, right, top = bounds
+    side = 256
+    transform = from_bounds(left, bottom, right, top, side, side)
+    geometry = ground_geometry(crs, transform, side, side)
+    if geometry.gsd is None:
+        raise ValueError("a CRS is needed to turn metres into map units")
+    return metres * math.sqrt(abs(transform.a * transform.e)) / geometry.gsd

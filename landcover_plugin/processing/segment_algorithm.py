@@ -1,16 +1,14 @@
 """landcover:segment, "Segment land cover": the engine behind a Processing algorithm."""
 from __future__ import annotations
 
+import math
 import os
 import time
 
 from qgis.core import (
-    QgsFeature,
-    QgsFeatureSink,
-    QgsFields,
-    QgsGeometry,
     QgsProcessing,
     QgsProcessingException,
+    QgsProcessingMultiStepFeedback,
     QgsProcessingOutputLayerDefinition,
     QgsProcessingParameterBand,
     QgsProcessingParameterBoolean,
@@ -22,14 +20,16 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
+    QgsProcessingUtils,
     QgsVectorLayer,
     QgsWkbTypes,
 )
 
 from ..core.device import PRECISIONS  # no torch at import
 from .algorithm import DEVICES, LandcoverAlgorithm, model_parameter
-from .compat import new_field
 from .dependencies import require_engine
+from .layer_source import band_count, check_disk, fetch, grid_over, has_native_grid, is_local_file, remove, safe_source
+from .polygon_output import PolygonOutput, polygon_fields
 
 SEGMENT_DEVICES = [*DEVICES, "cuda:all"]  # appended: a saved model's index of a device keeps its meaning
 
@@ -62,6 +62,7 @@ class SegmentAlgorithm(LandcoverAlgorithm):
     MODEL = "MODEL"
     BANDS = "BANDS"
     EXTENT = "EXTENT"
+    RESOLUTION = "RESOLUTION"
     TILE_SIZE = "TILE_SIZE"
     OVERLAP = "OVERLAP"
     BATCH_SIZE = "BATCH_SIZE"
@@ -107,7 +108,14 @@ class SegmentAlgorithm(LandcoverAlgorithm):
                                        None, self.INPUT, optional=True, allowMultiple=True),
             "Input bands fed to the model, in order; empty for the model's own (usually 1, 2, 3).")
         add(QgsProcessingParameterExtent(self.EXTENT, "Process only this extent", optional=True),
-            "Classify only this area; outputs cover the extent on the input's pixel grid.")
+            "Classify only this area; outputs cover the extent on the input's pixel grid. Required for a web "
+            "layer without an extent of its own (WMS, XYZ tiles).")
+        add(QgsProcessingParameterDistance(self.RESOLUTION, "Resolution to read the layer at (map units per pixel; "
+                                           "empty: the model's, else the layer's)", None, self.INPUT, True, 0.0),
+            "For a layer that is not a local raster file (WMS/WMTS, XYZ tiles, WCS, a COG over HTTP): it is read "
+            "through QGIS at this resolution over EXTENT, and the outputs are on that grid in the layer's CRS. "
+            "Empty: the model's ground resolution, else the layer's own where it has one. Given for a local "
+            "file, the file is resampled to it too.")
         add(QgsProcessingParameterNumber(self.TILE_SIZE, "Tile size in pixels (empty: the model's)",
                                          QgsProcessingParameterNumber.Type.Integer, None, True, 32, 8192),
             "Window size the network sees at once; larger windows give more context and need more memory.",
@@ -179,16 +187,48 @@ class SegmentAlgorithm(LandcoverAlgorithm):
             spec = read_spec(resolve_model_path(self.parameterAsFile(parameters, self.MODEL, context) or None))
             if layer is None:
                 return True, ""  # QGIS's own check has spoken
-            chosen_bands(self.parameterAsInts(parameters, self.BANDS, context) or None, layer.bandCount(), spec)
-            if parameters.get(self.EXTENT) and layer.crs().isValid():
+            chosen_bands(self.parameterAsInts(parameters, self.BANDS, context) or None, band_count(layer), spec)
+            if self._input_grid(parameters, context, layer, spec.gsd) is None and parameters.get(self.EXTENT) \
+                    and layer.crs().isValid():
                 r, e = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs()), layer.extent()
                 grid = from_bounds(e.xMinimum(), e.yMinimum(), e.xMaximum(), e.yMaximum(), layer.width(),
                                    layer.height())
                 region_of_extent((r.xMinimum(), r.yMinimum(), r.xMaximum(), r.yMaximum()), grid, layer.width(),
                                  layer.height())
-        except LandcoverError as exc:
+        except (LandcoverError, QgsProcessingException) as exc:
             return False, str(exc)
         return True, ""
+
+    def _input_grid(self, parameters, context, layer, gsd):
+        """The grid a layer is fetched on through its provider, or None where the engine reads the file itself
+        (a local file, with no RESOLUTION asked for)."""
+        resolution = self.optional_number(parameters, self.RESOLUTION, context, float)
+        if is_local_file(layer) and resolution is None:
+            return None
+        if parameters.get(self.EXTENT):
+            extent = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
+        elif has_native_grid(layer):
+            extent = layer.extent()
+        else:
+            raise QgsProcessingException(f"INPUT is a {layer.providerType()} layer without an extent of its own: "
+                                         "give EXTENT, the area to classify.")
+        if resolution is None and gsd:
+            from rasterio.crs import CRS
+
+            from ..core.geo import map_resolution
+
+            bounds = (extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum())
+            try:
+                resolution = map_resolution(CRS.from_wkt(layer.crs().toWkt()), bounds, gsd)
+            except Exception:  # no usable CRS: the model's metres cannot be placed on this layer
+                resolution = None
+        if resolution is None and has_native_grid(layer):
+            resolution = math.sqrt(layer.rasterUnitsPerPixelX() * layer.rasterUnitsPerPixelY())
+        if resolution is None:
+            raise QgsProcessingException(
+                f"Give RESOLUTION, the map units per pixel to read this {layer.providerType()} layer at: neither the "
+                "model nor the layer has a resolution of its own (e.g. 0.5 for half-metre pixels in a CRS in metres).")
+        return grid_over(extent, resolution)
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         require_engine()
@@ -200,14 +240,11 @@ class SegmentAlgorithm(LandcoverAlgorithm):
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         if layer is None:
             raise QgsProcessingException("The input raster could not be loaded.")
-        if layer.providerType() != "gdal":
-            raise QgsProcessingException(f"The input is a {layer.providerType()} layer; give a raster file "
-                                         "(GeoTIFF, JPEG, PNG, ...).")
         source = layer.source()
         model_path = self.parameterAsFile(parameters, self.MODEL, context) or None
         bands = self.parameterAsInts(parameters, self.BANDS, context) or None
         extent = None
-        if parameters.get(self.EXTENT):
+        if parameters.get(self.EXTENT) and is_local_file(layer):
             r = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
             extent = (r.xMinimum(), r.yMinimum(), r.xMaximum(), r.yMaximum())
         device = self.device(parameters, context)
@@ -228,42 +265,45 @@ class SegmentAlgorithm(LandcoverAlgorithm):
         except LandcoverError as exc:
             raise QgsProcessingException(str(exc)) from None
         spec = model[1]
+        grid = self._input_grid(parameters, context, layer, spec.gsd)
+        steps = QgsProcessingMultiStepFeedback(2 if grid else 1, feedback)
+        if grid is not None:
+            source, opts.extent = QgsProcessingUtils.generateTempFilename("landcover_input.tif"), None
+            check_disk(grid, band_count(layer), os.path.dirname(source))
+            feedback.pushInfo(f"Reading {safe_source(layer)} through QGIS's {layer.providerType()} provider: "
+                              f"{grid.describe()}, in {layer.crs().authid() or 'its CRS'}")
+            fetched = time.perf_counter()
+            fetch(layer, grid, source, steps)
+            feedback.pushInfo(f"read in {time.perf_counter() - fetched:.1f} s")
+            steps.setCurrentStep(1)
 
-        fields = QgsFields()
-        for name, kind in (("class_id", "int"), ("class_name", "string"), ("area", "double"),
-                           ("confidence", "double")):
-            fields.append(new_field(name, kind))
+        fields = polygon_fields()
         sink, vector_id = self.parameterAsSink(parameters, self.OUTPUT_VECTOR, context, fields,
                                                QgsWkbTypes.Type.Polygon, layer.crs())
-        writer = None
-        if sink is not None:
-            def writer(records):
-                for rec in records:
-                    f = QgsFeature(fields)
-                    geom = QgsGeometry()
-                    geom.fromWkb(rec.wkb)
-                    f.setGeometry(geom)
-                    f.setAttributes([int(rec.class_id), rec.class_name, float(rec.area),
-                                     None if rec.confidence is None else float(rec.confidence)])
-                    sink.addFeature(f, QgsFeatureSink.Flag.FastInsert)
-                    if feedback.isCanceled():
-                        raise Cancelled("Cancelled; no output was written.")
+        polygons = None if sink is None else PolygonOutput(sink, vector_id, fields, feedback.isCanceled, Cancelled)
+        del sink  # the PolygonOutput holds it: closing it there closes the file
 
-        started = time.perf_counter()
+        started, finished = time.perf_counter(), False
         try:
             result = segment(source, raster_out, model, confidence_path=conf_out, options=opts,
-                             progress=lambda f: feedback.setProgress(100.0 * f), cancel=feedback.isCanceled,
-                             log=self._logger(feedback), polygon_writer=writer)
+                             progress=lambda f: steps.setProgress(100.0 * f), cancel=feedback.isCanceled,
+                             log=self._logger(feedback), polygon_writer=polygons and polygons.write)
+            finished = True
         except Cancelled:
             raise QgsProcessingException("Cancelled: no output was written.") from None
         except LandcoverError as exc:
             raise QgsProcessingException(str(exc)) from None
+        finally:
+            if grid is not None:
+                remove(source)
+            if polygons is not None and not finished:
+                polygons.discard()
         duration = time.perf_counter() - started
 
         from .styling import ClassStyler, style_class_raster, style_polygons
 
         style_class_raster(raster_out, spec.classes)
-        details = {"model": spec.name, "model file": model_path or "bundled default", "input": source,
+        details = {"model": spec.name, "model file": model_path or "bundled default", "input": safe_source(layer),
                    "device": result.device, "batch size": result.batch_size, "tile size": result.tile_size,
                    "overlap": result.overlap, "test-time augmentation": opts.tta, "minimum area": result.min_area,
                    "simplification": result.simplify, "seconds": round(duration, 1),
@@ -272,8 +312,8 @@ class SegmentAlgorithm(LandcoverAlgorithm):
         for out_id, classes in ((raster_out, spec.classes), (vector_id, outlined)):
             if out_id and context.willLoadLayerOnCompletion(out_id):
                 context.layerToLoadOnCompletionDetails(out_id).setPostProcessor(ClassStyler(classes, details))
-        if vector_id:
-            del sink  # flush the file before styling it
+        if polygons is not None:
+            polygons.close()  # flush the file before styling it
             saved = QgsVectorLayer(vector_id, "polygons", "ogr")
             if saved.isValid():
                 style_polygons(saved, outlined)

@@ -40,8 +40,9 @@ def run(alg_id, params, context=None, feedback=None):
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _KEEP = []
-SEGMENT_PARAMS = ["INPUT", "MODEL", "BANDS", "EXTENT", "TILE_SIZE", "OVERLAP", "BATCH_SIZE", "DEVICE", "PRECISION",
-                  "TTA", "MIN_AREA", "SIMPLIFY", "OUTPUT_RASTER", "OUTPUT_VECTOR", "OUTPUT_CONFIDENCE", "OUTPUT_REPORT"]
+SEGMENT_PARAMS = ["INPUT", "MODEL", "BANDS", "EXTENT", "RESOLUTION", "TILE_SIZE", "OVERLAP", "BATCH_SIZE", "DEVICE",
+                  "PRECISION", "TTA", "MIN_AREA", "SIMPLIFY", "OUTPUT_RASTER", "OUTPUT_VECTOR", "OUTPUT_CONFIDENCE",
+                  "OUTPUT_REPORT"]
 
 
 def test_provider_and_algorithms_are_registered(provider):
@@ -237,14 +238,54 @@ def test_raster_without_crs_runs_with_a_warning(provider, small_model, tmp_path)
     assert os.path.exists(out["OUTPUT_RASTER"]) and any("no CRS" in w for w in warnings)
 
 
-def test_cancel_leaves_no_output(provider, utm_raster, small_model, tmp_path):
-    feedback = QgsProcessingFeedback()
-    feedback.cancel()
+class CancelAt(QgsProcessingFeedback):
+    """Cancels at the first check made from a function of that name, or once progress reaches a share."""
+
+    def __init__(self, function=None, progress=None):
+        super().__init__()
+        self.function, self.checks = function, []
+        if progress is not None:
+            self.progressChanged.connect(lambda p: p >= progress and self.cancel())
+
+    def isCanceled(self):  # noqa: N802 (called from the plugin's Python code, so this override counts)
+        caller = sys._getframe(1).f_code.co_name
+        self.checks.append(caller)
+        if caller == self.function:
+            self.cancel()
+        return super().isCanceled()
+
+
+@pytest.mark.parametrize("where", ["start", "half way", "writing polygons"])
+def test_cancel_leaves_no_output(provider, utm_raster, small_model, tmp_path, where):
+    feedback = {"start": CancelAt(progress=0), "half way": CancelAt(progress=50),
+                "writing polygons": CancelAt(function="write")}[where]
+    if where == "start":
+        feedback.cancel()
+    out = tmp_path / "out"
+    out.mkdir()
     with pytest.raises(QgsProcessingException, match="Cancelled"):
         run("landcover:segment", {"INPUT": utm_raster, "MODEL": small_model, "TILE_SIZE": 64, "OVERLAP": 16,
-                                  "OUTPUT_RASTER": str(tmp_path / "c.tif"),
-                                  "OUTPUT_CONFIDENCE": str(tmp_path / "p.tif")}, feedback=feedback)
-    assert [f for f in os.listdir(tmp_path) if f.endswith(".tif")] == []
+                                  "OUTPUT_RASTER": str(out / "c.tif"), "OUTPUT_CONFIDENCE": str(out / "p.tif"),
+                                  "OUTPUT_VECTOR": str(out / "polygons.gpkg"),
+                                  "OUTPUT_REPORT": str(out / "areas.csv")}, feedback=feedback)
+    assert os.listdir(out) == []  # the GeoPackage made before the run started included
+    if where == "writing polygons":
+        assert "write" in feedback.checks  # the cancel came while polygons were being written
+
+
+def test_cancel_keeps_the_other_layers_of_a_geopackage(provider, utm_raster, small_model, tmp_path):
+    from osgeo import ogr
+
+    gpkg = str(tmp_path / "project.gpkg")
+    ds = ogr.GetDriverByName("GPKG").CreateDataSource(gpkg)
+    ds.CreateLayer("roads", geom_type=ogr.wkbLineString)
+    ds = None
+    with pytest.raises(QgsProcessingException, match="Cancelled"):
+        run("landcover:segment", {"INPUT": utm_raster, "MODEL": small_model, "OUTPUT_RASTER": str(tmp_path / "c.tif"),
+                                  "OUTPUT_VECTOR": f"ogr:dbname='{gpkg}' table=\"landcover\" (geom)"},
+            feedback=CancelAt(function="write"))
+    ds = ogr.Open(gpkg)
+    assert [ds.GetLayer(i).GetName() for i in range(ds.GetLayerCount())] == ["roads"]
 
 
 def test_evaluate_matches_a_hand_computed_confusion(provider, tmp_path):

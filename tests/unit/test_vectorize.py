@@ -7,7 +7,7 @@ from rasterio.transform import Affine, from_origin
 
 from landcover_plugin.core.areas import class_areas
 from landcover_plugin.core.classes import DEFAULT_CLASSES
-from landcover_plugin.core.geo import ground_geometry
+from landcover_plugin.core.geo import ground_geometry, map_resolution
 from landcover_plugin.core.vectorize import sieve, vectorize
 
 shapely = pytest.importorskip("shapely")
@@ -186,3 +186,21 @@ def test_arc_simplification_ignores_direction():
     loop = pts + [(pts[-1][0], 0), (0, 0)]
     assert simplify_arc(loop, 1.0) == simplify_arc(loop[::-1], 1.0)[::-1]
     assert len(set(simplify_arc(loop, 100.0))) >= 3
+
+
+@pytest.mark.parametrize("crs,bounds,expected", [
+    ("EPSG:32640", (300000, 2779000, 301000, 2780000), 0.5),  # metres on a ground-true projection
+    # Web Mercator at 25.1 N: the sphere's 1 / cos(lat) stretch, within the ellipsoid's 0.3%
+    ("EPSG:3857", (6124000, 2890000, 6125000, 2891000), 0.5 / np.cos(np.radians(25.105))),
+])
+def test_map_resolution_gives_the_ground_metres_asked(crs, bounds, expected):
+    assert map_resolution(CRS.from_string(crs), bounds, 0.5) == pytest.approx(expected, rel=0.003)
+
+
+def test_map_resolution_in_degrees_is_what_the_engine_reads_back():
+    bounds = (55.0, 60.0, 55.02, 60.01)
+    res = map_resolution(CRS.from_epsg(4326), bounds, 0.5)
+    width, height = round(0.02 / res), round(0.01 / res)
+    geometry = ground_geometry(CRS.from_epsg(4326), from_origin(55.0, 60.01, res, res), height, width)
+    # a square pixel in degrees is 0.5 m on the ground as a mean of its sides (2:1 at 60 degrees)
+    assert geometry.gsd == pytest.approx(0.5, rel=0.002)
