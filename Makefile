@@ -125,18 +125,20 @@ package: stage
 	  for f in sorted(fs) if '__pycache__' not in d]; z.close()" $(abspath dist)/landcover_plugin-$(VERSION).zip
 	@echo dist/landcover_plugin-$(VERSION).zip
 
-# Into the QGIS profile: the plugin, and the Python packages QGIS lacks in PROFILE/python/landcover_deps
-# (the plugin puts that folder on its path); numpy stays QGIS's own.
+# Into the QGIS profile: the plugin, and the Python packages QGIS lacks, installed by the plugin's own installer
+# (the menu's Install engine dependencies) into PROFILE/python/landcover_deps/python3.X; numpy stays QGIS's own.
+# TORCH_INDEX=default keeps pip's configured index (a local wheel, a mirror); empty: PyTorch's, by GPU driver.
+TORCH_INDEX ?=
 deploy: stage
 	mkdir -p $(PROFILE)/python/plugins
 	rm -rf $(PROFILE)/python/plugins/landcover_plugin
 	cp -r $(STAGE)/landcover_plugin $(PROFILE)/python/plugins/
-	$(QGIS_PYTHON) -c "import torch, safetensors" 2>/dev/null || \
-	  $(QGIS_PYTHON) -m pip install -q --no-deps --target $(PROFILE)/python/landcover_deps \
-	    torch==2.13.0 safetensors torchao==0.18.0 filelock fsspec jinja2 MarkupSafe networkx sympy mpmath typing_extensions
+	cd $(STAGE) && $(QGIS_PYTHON) -m landcover_plugin.installer install --if-missing --profile $(PROFILE) \
+	  $(if $(TORCH_INDEX),--torch-index $(TORCH_INDEX))
 	@echo "deployed to $(PROFILE)/python/plugins/landcover_plugin; enable it in Plugins > Manage and Install Plugins"
 
-undeploy:
+undeploy: stage
+	cd $(STAGE) && $(QGIS_PYTHON) -m landcover_plugin.installer remove --profile $(PROFILE)
 	rm -rf $(PROFILE)/python/plugins/landcover_plugin $(PROFILE)/python/landcover_deps
 
 bench: venv

@@ -106,17 +106,21 @@ def provider(qgis_app, qgis_processing):
     yield registry.providerById("landcover")
 
 
-def qgis_process(args, tmp_path, timeout=300):
+def qgis_process(args, tmp_path, timeout=300, venv=True, env=None):
     """Run qgis_process.bin --json ARGS with the plugin staged under tmp_path and enabled, as users run it
-    headless; returns the CompletedProcess."""
+    headless; returns the CompletedProcess. venv=False: QGIS's Python as it is, without the venv's packages
+    (torch...) on its path; `env` adds variables."""
     import subprocess
     import sys
 
     root = os.path.dirname(HERE)
     plugin_dir = tmp_path / "plugins"
     subprocess.run(["make", "-s", "-C", root, "stage", f"STAGE={plugin_dir}"], check=True, capture_output=True)
-    env = dict(os.environ, QGIS_PLUGINPATH=str(plugin_dir), QT_QPA_PLATFORM="offscreen",
-               PYTHONPATH=os.pathsep.join(p for p in sys.path if "site-packages" in p))
+    env = dict(os.environ, QGIS_PLUGINPATH=str(plugin_dir), QT_QPA_PLATFORM="offscreen", **(env or {}))
+    if venv:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if "site-packages" in p)
+    else:
+        env.pop("PYTHONPATH", None)
     subprocess.run(["qgis_process.bin", "plugins", "enable", "landcover_plugin"], env=env, capture_output=True)
     return subprocess.run(["qgis_process.bin", "--json", *args], env=env, capture_output=True, text=True,
                           timeout=timeout)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import os
 import queue
-import shutil
-import sys
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -22,6 +20,7 @@ import numpy as np
 
 from .device import auto_batch, read_threads, torch_or_error
 from .errors import Cancelled, InputError
+from .interpreter import python_program
 from .reader import Region
 
 POLL_S = 0.2
@@ -71,22 +70,8 @@ def split_rows(height: int, devices: list[str], block: int, cores: int | None = 
 
 
 def python_executable() -> str:
-    """The Python that spawned processes run: this interpreter's own program under sys.exec_prefix
-    (a venv's, or QGIS's on Windows and macOS) where there is one. QGIS and qgis_process embed
-    Python, so there sys.executable may be the QGIS program, or whatever python3 PATH finds first
-    (a pyenv shim on the development machine), which lacks QGIS's packages."""
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    if os.name == "nt":
-        candidates = [os.path.join(sys.exec_prefix, n) for n in ("python.exe", "pythonw.exe")]
-    else:
-        candidates = [os.path.join(sys.exec_prefix, "bin", n) for n in (f"python{version}", "python3")]
-    exe = sys.executable or ""
-    if os.path.basename(exe).lower().startswith("python"):
-        candidates.append(exe)
-    for candidate in candidates:
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    found = shutil.which(f"python{version}")
+    """The Python program spawned processes run (interpreter.python_program), or a clear error."""
+    found = python_program()
     if not found:
         raise InputError("No Python program was found to run the parts of the raster on several devices; "
                          "choose a single device.")

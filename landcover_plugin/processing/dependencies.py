@@ -1,37 +1,27 @@
-"""What the engine needs beyond QGIS's own Python, and how to get it on each platform."""
+"""What the engine needs beyond QGIS's own Python, and how to get it."""
 from __future__ import annotations
 
 import platform
-import sys
 
-from qgis.core import QgsProcessingException
+from qgis.core import QgsApplication, QgsProcessingException
 
-REQUIRED = ("torch", "safetensors", "rasterio")
+from .. import installer
 
 
-def install_command() -> str:
-    """The command that installs the missing packages into this QGIS's Python."""
-    packages = "torch safetensors"
-    if not sys.platform.startswith("linux"):
-        packages += " rasterio"  # Linux distributions package it on QGIS's own GDAL
-    if sys.platform.startswith("win"):
-        return ("in the OSGeo4W Shell (or the QGIS installation's Python console): "
-                f"python -m pip install {packages} \"numpy<2\"")
-    if sys.platform == "darwin":
-        return f"{sys.executable} -m pip install --user {packages} \"numpy<2\""
-    return (f"{sys.executable} -m pip install --user --break-system-packages {packages} \"numpy<2\" "
-            "(or, from this plugin's source folder: make deploy)")
+def install_hint() -> str:
+    """Where a user installs the missing packages: the plugin's menu, or the same installer from a terminal."""
+    from ..core.interpreter import python_program
+
+    profile = QgsApplication.qgisSettingsDirPath()
+    command = f"{python_program() or 'python3'} -m landcover_plugin.installer install --profile \"{profile}\""
+    return ("Install them from the menu Raster > Land cover > Install engine dependencies (PyTorch)…, or, without "
+            f"the QGIS window, run from {installer.PLUGINS_DIR}: {command}")
 
 
 def require_engine() -> None:
-    """Raise a QgsProcessingException naming what is missing and the command that installs it."""
-    missing = []
-    for name in REQUIRED:
-        try:
-            __import__(name)
-        except ImportError:
-            missing.append(name)
+    """Raise a QgsProcessingException naming what is missing and how to install it."""
+    missing = installer.missing_packages()
     if missing:
         raise QgsProcessingException(
             f"The land-cover engine needs {', '.join(missing)}, which this QGIS's Python "
-            f"({platform.python_version()}) does not have. Install with: {install_command()}")
+            f"({platform.python_version()}) does not have. {install_hint()}")

@@ -84,6 +84,29 @@ def test_plugin_load_and_unload(qgis_iface, qgis_processing):
     registry.addProvider(_KEEP[-1])
 
 
+def test_plugin_offers_to_install_what_is_missing(qgis_iface, qgis_processing, monkeypatch):
+    from landcover_plugin import classFactory, installer
+
+    registry = QgsApplication.processingRegistry()
+    kept = registry.providerById("landcover")
+    registry.removeProvider(kept)
+    monkeypatch.setattr(installer, "missing_packages", lambda: ["torch", "safetensors"])
+    bar = qgis_iface.messageBar()
+    bar.clearWidgets()
+    plugin = classFactory(qgis_iface)
+    plugin.initGui()
+    try:
+        names = [a.objectName() for a in plugin.actions]
+        assert "landcoverInstallAction" in names and "landcoverRemoveAction" in names
+        item = bar.currentItem()
+        assert item is not None and "PyTorch" in item.text()
+    finally:
+        plugin.unload()
+        bar.clearWidgets()
+        _KEEP.append(type(kept)())
+        registry.addProvider(_KEEP[-1])
+
+
 def test_segment_outputs_styled_on_the_input_grid(provider, utm_raster, small_model, tmp_path):
     out = run("landcover:segment", {
         "INPUT": utm_raster, "MODEL": small_model, "DEVICE": 1, "MIN_AREA": 2.0, "SIMPLIFY": 0.5,
@@ -221,7 +244,8 @@ def test_bands_and_extent_are_checked_before_torch_loads(provider, utm_raster, s
 
 def test_torch_missing_is_explained(provider, utm_raster, small_model, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)
-    with pytest.raises(QgsProcessingException, match="needs torch.*pip install .*torch"):
+    with pytest.raises(QgsProcessingException,
+                       match="needs torch.*Install engine dependencies.*-m landcover_plugin.installer install"):
         run("landcover:segment", {"INPUT": utm_raster, "MODEL": small_model,
                                   "OUTPUT_RASTER": str(tmp_path / "c.tif")})
 
