@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from qgis.core import QgsProcessingAlgorithm, QgsProcessingParameterDefinition, QgsProcessingParameterFile
-from qgis.PyQt.QtCore import QVariant
+from qgis.PyQt.QtCore import QCoreApplication, QVariant
 from qgis.PyQt.QtGui import QIcon
 
 from .provider import ICON
 
+TR_CONTEXT = "landcover"  # the context of the plugin's strings in a .ts/.qm translation
 DEVICES = ["auto", "cpu", "cuda"]  # the DEVICE enum of every algorithm, in this order
 
 
@@ -26,6 +27,10 @@ def model_parameter(name: str, description: str) -> QgsProcessingParameterFile:
 
 class LandcoverAlgorithm(QgsProcessingAlgorithm):
     """Ungrouped (the provider has three algorithms), with the plugin's icon."""
+
+    def tr(self, text: str) -> str:
+        """User-visible text through Qt's translations, in the plugin's context, as QGIS's own algorithms do."""
+        return QCoreApplication.translate(TR_CONTEXT, text)
 
     def group(self):
         return ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 from qgis.core import QgsProcessingProvider
+from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
 ICON = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "icon.svg")
@@ -14,10 +15,10 @@ class LandcoverProvider(QgsProcessingProvider):
         return "landcover"
 
     def name(self):
-        return "Land cover"
+        return QCoreApplication.translate("landcover", "Land cover")
 
     def longName(self):  # noqa: N802
-        return "Land cover (U-Net segmentation)"
+        return QCoreApplication.translate("landcover", "Land cover (U-Net segmentation)")
 
     def icon(self):
         return QIcon(ICON)

@@ -81,88 +81,93 @@ class SegmentAlgorithm(LandcoverAlgorithm):
         return "segment"
 
     def displayName(self):  # noqa: N802
-        return "Segment land cover"
+        return self.tr("Segment land cover")
 
     def shortHelpString(self):  # noqa: N802
         return (
-            "<p>Classifies every pixel of a raster into land-cover classes with a U-Net, sliding "
-            "overlapping windows over the image at full resolution and blending their class "
-            "probabilities, on the GPU when there is one.</p>"
+            self.tr("<p>Classifies every pixel of a raster into land-cover classes with a U-Net, sliding "
+                    "overlapping windows over the image at full resolution and blending their class "
+                    "probabilities, on the GPU when there is one.</p>")
             + _bundled_models_summary() +
-            "<p><b>Outputs</b>: a class raster (class ids, byte, nodata 255, same CRS and grid as the input "
-            "or the extent; styled with the class names and colours, a .qml beside it); optional polygons "
-            "of each connected region of a class with fields class_id, class_name, area (m², or pixels "
-            "without a CRS) and mean confidence; an optional confidence raster (probability of the chosen "
-            "class); an optional report (HTML with a chart, or CSV) of the area and share of each class. "
-            "Masked input pixels (nodata, alpha) are nodata everywhere.</p>"
-            "<p>Tile size, overlap and bands default to the model's. Regions smaller than the minimum area "
-            "join their largest neighbour, in the raster and the polygons alike.</p>")
+            self.tr("<p><b>Outputs</b>: a class raster (class ids, byte, nodata 255, same CRS and grid as the input "
+                    "or the extent; styled with the class names and colours, a .qml beside it); optional polygons "
+                    "of each connected region of a class with fields class_id, class_name, area (m², or pixels "
+                    "without a CRS) and mean confidence; an optional confidence raster (probability of the chosen "
+                    "class); an optional report (HTML with a chart, or CSV) of the area and share of each class. "
+                    "Masked input pixels (nodata, alpha) are nodata everywhere. A web layer (WMS, XYZ, a remote "
+                    "COG) is read at RESOLUTION over EXTENT.</p>"
+                    "<p>Tile size, overlap and bands default to the model's. Regions smaller than the minimum area "
+                    "join their largest neighbour, in the raster and the polygons alike.</p>"))
 
     def initAlgorithm(self, config=None):  # noqa: N802
         add = self.add_parameter
-        add(QgsProcessingParameterRasterLayer(self.INPUT, "Input raster"), "The image to classify.")
-        add(model_parameter(self.MODEL, "Model (a bundled model, or a model file)"),
-            "A bundled model by name (land cover, buildings...) or a .safetensors model file made by the training "
-            "script; empty for the bundled land-cover model.")
-        add(QgsProcessingParameterBand(self.BANDS, "Bands, in the order the model expects (empty: the model's)",
+        add(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Input raster")), self.tr("The image to classify."))
+        add(model_parameter(self.MODEL, self.tr("Model (a bundled model, or a model file)")),
+            self.tr("A bundled model by name (land cover, buildings...) or a .safetensors model file made by the "
+                    "training script; empty for the bundled land-cover model."))
+        add(QgsProcessingParameterBand(self.BANDS, self.tr("Bands, in the order the model expects (empty: "
+                                                           "the model's)"),
                                        None, self.INPUT, optional=True, allowMultiple=True),
-            "Input bands fed to the model, in order; empty for the model's own (usually 1, 2, 3).")
-        add(QgsProcessingParameterExtent(self.EXTENT, "Process only this extent", optional=True),
-            "Classify only this area; outputs cover the extent on the input's pixel grid. Required for a web "
-            "layer without an extent of its own (WMS, XYZ tiles).")
-        add(QgsProcessingParameterDistance(self.RESOLUTION, "Resolution to read the layer at (map units per pixel; "
-                                           "empty: the model's, else the layer's)", None, self.INPUT, True, 0.0),
-            "For a layer that is not a local raster file (WMS/WMTS, XYZ tiles, WCS, a COG over HTTP): it is read "
-            "through QGIS at this resolution over EXTENT, and the outputs are on that grid in the layer's CRS. "
-            "Empty: the model's ground resolution, else the layer's own where it has one. Given for a local "
-            "file, the file is resampled to it too.")
-        add(QgsProcessingParameterNumber(self.TILE_SIZE, "Tile size in pixels (empty: the model's)",
+            self.tr("Input bands fed to the model, in order; empty for the model's own (usually 1, 2, 3)."))
+        add(QgsProcessingParameterExtent(self.EXTENT, self.tr("Process only this extent"), optional=True),
+            self.tr("Classify only this area; outputs cover the extent on the input's pixel grid. Required for a web "
+                    "layer without an extent of its own (WMS, XYZ tiles)."))
+        add(QgsProcessingParameterDistance(self.RESOLUTION, self.tr("Resolution to read the layer at (map units per "
+                                                                    "pixel; empty: the model's, else "
+                                                                    "the layer's)"), None, self.INPUT, True, 0.0),
+            self.tr("For a layer that is not a local raster file (WMS/WMTS, XYZ tiles, WCS, a COG over HTTP): it is "
+                    "read through QGIS at this resolution over EXTENT, and the outputs are on that grid in the layer's "
+                    "CRS. Empty: the model's ground resolution, else the layer's own where it has one. Given for a "
+                    "local file, the file is resampled to it too."))
+        add(QgsProcessingParameterNumber(self.TILE_SIZE, self.tr("Tile size in pixels (empty: the model's)"),
                                          QgsProcessingParameterNumber.Type.Integer, None, True, 32, 8192),
-            "Window size the network sees at once; larger windows give more context and need more memory.",
+            self.tr("Window size the network sees at once; larger windows give more context and need more memory."),
             advanced=True)
-        add(QgsProcessingParameterNumber(self.OVERLAP, "Overlap in pixels (empty: the model's)",
+        add(QgsProcessingParameterNumber(self.OVERLAP, self.tr("Overlap in pixels (empty: the model's)"),
                                          QgsProcessingParameterNumber.Type.Integer, None, True, 0, 4095),
-            "Overlap between neighbouring windows, blended smoothly; less than half the tile size.", advanced=True)
-        add(QgsProcessingParameterNumber(self.BATCH_SIZE, "Batch size (0: automatic)",
+            self.tr("Overlap between neighbouring windows, blended smoothly; less than half the "
+                    "tile size."), advanced=True)
+        add(QgsProcessingParameterNumber(self.BATCH_SIZE, self.tr("Batch size (0: automatic)"),
                                          QgsProcessingParameterNumber.Type.Integer, 0, False, 0, 1024),
-            "Windows processed together; 0 picks one for the device.", advanced=True)
-        add(QgsProcessingParameterEnum(self.DEVICE, "Device", SEGMENT_DEVICES, defaultValue=0),
-            "auto: the CUDA GPU when PyTorch sees one, else the CPU. cuda:all: every GPU at once, each in a "
-            "process of its own running a part of the raster's rows; the outputs are those of one GPU. From "
-            "qgis_process by name (DEVICE=cuda) or by number.")
-        add(QgsProcessingParameterEnum(self.PRECISION, "Precision", list(PRECISIONS), False, "auto", False, True),
-            "auto: fp16 on a GPU; on a CPU without bf16 kernels int8 where it pays (rasters of 2 megapixels or "
-            "more once it has been compiled for this model and CPU, 32 megapixels before: compiling takes 15-40 s, "
-            "once, and is kept in the user's cache), else bf16 where the CPU has bf16 kernels, else fp32. fp32 is "
-            "the reference; fp16 and int8 agree with it on over 99.5% of pixels, bf16 on about 99.4-99.9%; on a "
-            "CPU bf16 and int8 run 1.4-2x faster than fp32. fp16 runs on GPUs only, int8 on CPUs only and needs "
-            "the torchao package. From qgis_process: PRECISION=int8.",
+            self.tr("Windows processed together; 0 picks one for the device."), advanced=True)
+        add(QgsProcessingParameterEnum(self.DEVICE, self.tr("Device"), SEGMENT_DEVICES, defaultValue=0),
+            self.tr("auto: the CUDA GPU when PyTorch sees one, else the CPU. cuda:all: every GPU at once, each in a "
+                    "process of its own running a part of the raster's rows; the outputs are those of one GPU. From "
+                    "qgis_process by name (DEVICE=cuda) or by number."))
+        add(QgsProcessingParameterEnum(self.PRECISION, self.tr("Precision"), list(PRECISIONS), False, "auto", False,
+                                       True),
+            self.tr("auto: fp16 on a GPU; on a CPU without bf16 kernels int8 where it pays (rasters of 2 megapixels or "
+                    "more once it has been compiled for this model and CPU, 32 megapixels before: compiling takes "
+                    "15-40 s, once, and is kept in the user's cache), else bf16 where the CPU has bf16 kernels, else "
+                    "fp32. fp32 is the reference; fp16 and int8 agree with it on over 99.5% of pixels, bf16 on about "
+                    "99.4-99.9%; on a CPU bf16 and int8 run 1.4-2x faster than fp32. fp16 runs on GPUs only, int8 on "
+                    "CPUs only and needs the torchao package. From qgis_process: PRECISION=int8."),
             advanced=True)
-        add(QgsProcessingParameterBoolean(self.TTA, "Test-time augmentation (8x slower)", defaultValue=False),
-            "Average the predictions of the 8 flips and quarter turns of every window.", advanced=True)
-        add(QgsProcessingParameterNumber(self.MIN_AREA, "Minimum region area in m² (square pixels for a raster "
-                                         "without CRS; empty: the model's)",
+        add(QgsProcessingParameterBoolean(self.TTA, self.tr("Test-time augmentation (8x slower)"), defaultValue=False),
+            self.tr("Average the predictions of the 8 flips and quarter turns of every window."), advanced=True)
+        add(QgsProcessingParameterNumber(self.MIN_AREA, self.tr("Minimum region area in m² (square pixels for a raster "
+                                                                "without CRS; empty: the model's)"),
                                          QgsProcessingParameterNumber.Type.Double, None, True, 0.0),
-            "Regions smaller than this join their largest neighbour. In square metres on the ground, also for a "
-            "raster in degrees. Empty: the model's default (0 for land cover, a few m² for buildings).")
-        add(QgsProcessingParameterDistance(self.SIMPLIFY, "Polygon simplification tolerance (0: none; empty: the "
-                                           "model's)", None, self.INPUT, True, 0.0),
-            "In the input layer's units, which the dialog shows (and converts others to). "
-            "Simplifies each edge shared by two polygons once, so neighbours keep sharing their boundaries. "
-            "Empty: the model's default (none for land cover, straight building outlines for buildings).")
-        add(QgsProcessingParameterRasterDestination(self.OUTPUT_RASTER, "Land-cover classes"),
-            "Class ids, byte, nodata 255, styled with the class names and colours.")
-        add(QgsProcessingParameterFeatureSink(self.OUTPUT_VECTOR, "Land-cover polygons",
+            self.tr("Regions smaller than this join their largest neighbour. In square metres on the ground, also for "
+                    "a raster in degrees. Empty: the model's default (0 for land cover, a few m² for buildings)."))
+        add(QgsProcessingParameterDistance(self.SIMPLIFY, self.tr("Polygon simplification tolerance (0: none; empty: "
+                                                                  "the model's)"), None, self.INPUT, True, 0.0),
+            self.tr("In the input layer's units, which the dialog shows (and converts others to). Simplifies each edge "
+                    "shared by two polygons once, so neighbours keep sharing their boundaries. Empty: the model's "
+                    "default (none for land cover, straight building outlines for buildings)."))
+        add(QgsProcessingParameterRasterDestination(self.OUTPUT_RASTER, self.tr("Land-cover classes")),
+            self.tr("Class ids, byte, nodata 255, styled with the class names and colours."))
+        add(QgsProcessingParameterFeatureSink(self.OUTPUT_VECTOR, self.tr("Land-cover polygons"),
                                               QgsProcessing.SourceType.TypeVectorPolygon, optional=True,
                                               createByDefault=True),
-            "One polygon per connected region of a class: class_id, class_name, area, confidence.")
-        add(QgsProcessingParameterRasterDestination(self.OUTPUT_CONFIDENCE, "Confidence", optional=True,
+            self.tr("One polygon per connected region of a class: class_id, class_name, area, confidence."))
+        add(QgsProcessingParameterRasterDestination(self.OUTPUT_CONFIDENCE, self.tr("Confidence"), optional=True,
                                                     createByDefault=False),
-            "Probability of the chosen class for each pixel, 0 to 1 (nodata -1).")
-        add(QgsProcessingParameterFileDestination(self.OUTPUT_REPORT, "Area report",
+            self.tr("Probability of the chosen class for each pixel, 0 to 1 (nodata -1)."))
+        add(QgsProcessingParameterFileDestination(self.OUTPUT_REPORT, self.tr("Area report"),
                                                   "HTML files (*.html);;CSV files (*.csv)", optional=True,
                                                   createByDefault=False),
-            "Area and share of each class, as an HTML page with a chart or a CSV table.")
+            self.tr("Area and share of each class, as an HTML page with a chart or a CSV table."))
 
     def checkParameterValues(self, parameters, context):  # noqa: N802
         ok, message = super().checkParameterValues(parameters, context)
@@ -239,7 +244,7 @@ class SegmentAlgorithm(LandcoverAlgorithm):
 
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         if layer is None:
-            raise QgsProcessingException("The input raster could not be loaded.")
+            raise QgsProcessingException(self.tr("The input raster could not be loaded."))
         source = layer.source()
         model_path = self.parameterAsFile(parameters, self.MODEL, context) or None
         bands = self.parameterAsInts(parameters, self.BANDS, context) or None
@@ -290,7 +295,7 @@ class SegmentAlgorithm(LandcoverAlgorithm):
                              log=self._logger(feedback), polygon_writer=polygons and polygons.write)
             finished = True
         except Cancelled:
-            raise QgsProcessingException("Cancelled: no output was written.") from None
+            raise QgsProcessingException(self.tr("Cancelled: no output was written.")) from None
         except LandcoverError as exc:
             raise QgsProcessingException(str(exc)) from None
         finally:

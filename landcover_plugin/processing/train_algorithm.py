@@ -50,69 +50,70 @@ class TrainAlgorithm(LandcoverAlgorithm):
         return "train"
 
     def displayName(self):  # noqa: N802
-        return "Train land-cover model"
+        return self.tr("Train land-cover model")
 
     def shortHelpString(self):  # noqa: N802
         return (
-            "<p>Learns a land-cover model for your imagery from labels you give: polygons digitized over the "
-            "imagery with a class field (class ids or class names), or a raster of class ids (255 = "
-            "unlabelled). Pixels outside every polygon are unlabelled, not background: a few polygons of each "
-            "class are enough to start.</p>"
-            "<p>It starts from the bundled model (or another model file) and adapts it to your region and your "
-            "classes within the time budget; classes named like the starting model's keep what it learnt. A "
-            "categorized style on the labels gives the classes their names and colours. Part of the labelled "
-            "area is held out, in blocks, to score the model each epoch; the best epoch is kept.</p>"
-            "<p>The model file works at once in <i>Segment land cover</i>, whose outputs are styled with your "
-            "classes. The report shows the curves, per-class IoU and the confusion matrix on the held-out area, "
-            "the starting model's beside the trained one's.</p>")
+            self.tr("<p>Learns a land-cover model for your imagery from labels you give: polygons digitized over the "
+                    "imagery with a class field (class ids or class names), or a raster of class ids (255 = "
+                    "unlabelled). Pixels outside every polygon are unlabelled, not background: a few polygons of each "
+                    "class are enough to start.</p><p>It starts from the bundled model (or another model file) and "
+                    "adapts it to your region and your classes within the time budget; classes named like the starting "
+                    "model's keep what it learnt. A categorized style on the labels gives the classes their names and "
+                    "colours. Part of the labelled area is held out, in blocks, to score the model each epoch; the "
+                    "best epoch is kept.</p><p>The model file works at once in <i>Segment land cover</i>, whose "
+                    "outputs are styled with your classes. The report shows the curves, per-class IoU and the "
+                    "confusion matrix on the held-out area, the starting model's beside the trained one's.</p>"))
 
     def initAlgorithm(self, config=None):  # noqa: N802
         add = self.add_parameter
-        add(QgsProcessingParameterMultipleLayers(self.INPUT, "Imagery to learn from",
+        add(QgsProcessingParameterMultipleLayers(self.INPUT, self.tr("Imagery to learn from"),
                                                  QgsProcessing.SourceType.TypeRaster),
-            "One or more rasters (GDAL files) that the labels cover.")
-        add(QgsProcessingParameterMapLayer(self.LABELS, "Labels (polygons, or a raster of class ids)",
+            self.tr("One or more rasters (GDAL files) that the labels cover."))
+        add(QgsProcessingParameterMapLayer(self.LABELS, self.tr("Labels (polygons, or a raster of class ids)"),
                                            types=[QgsProcessing.SourceType.TypeVectorPolygon,
                                                   QgsProcessing.SourceType.TypeRaster]),
-            "Polygons with a class field, in any CRS; or a raster of class ids where 255 means unlabelled.")
-        add(QgsProcessingParameterField(self.CLASS_FIELD, "Class field (ids or names)", None, self.LABELS,
+            self.tr("Polygons with a class field, in any CRS; or a raster of class ids where 255 means unlabelled."))
+        add(QgsProcessingParameterField(self.CLASS_FIELD, self.tr("Class field (ids or names)"), None, self.LABELS,
                                         optional=True),
-            "For polygon labels: the field holding each polygon's class id or class name.")
-        add(model_parameter(self.INIT_MODEL, "Model to start from (empty: the bundled land-cover model)"),
-            "A bundled model by name (land cover, buildings...) or a .safetensors model file to adapt; empty for "
-            "the bundled land-cover model.")
-        add(QgsProcessingParameterBoolean(self.FROM_SCRATCH, "Train from scratch (random weights)",
+            self.tr("For polygon labels: the field holding each polygon's class id or class name."))
+        add(model_parameter(self.INIT_MODEL, self.tr("Model to start from (empty: the bundled land-cover model)")),
+            self.tr("A bundled model by name (land cover, buildings...) or a .safetensors model file to adapt; empty "
+                    "for the bundled land-cover model."))
+        add(QgsProcessingParameterBoolean(self.FROM_SCRATCH, self.tr("Train from scratch (random weights)"),
                                           defaultValue=False),
-            "Ignore the starting model and learn from random weights (needs many more labels and time).",
+            self.tr("Ignore the starting model and learn from random weights (needs many more labels and time)."),
             advanced=True)
-        add(QgsProcessingParameterNumber(self.VALIDATION, "Share of the labelled area held out for validation",
+        add(QgsProcessingParameterNumber(self.VALIDATION, self.tr("Share of the labelled area held out for validation"),
                                          QgsProcessingParameterNumber.Type.Double, 0.2, False, 0.0, 0.5),
-            "Blocks of the labelled area (not single pixels) held out to score the model; 0 for none.")
-        add(QgsProcessingParameterNumber(self.MAX_MINUTES, "Time budget (minutes)",
+            self.tr("Blocks of the labelled area (not single pixels) held out to score the model; 0 for none."))
+        add(QgsProcessingParameterNumber(self.MAX_MINUTES, self.tr("Time budget (minutes)"),
                                          QgsProcessingParameterNumber.Type.Double, 15.0, False, 0.1, 100000.0),
-            "Training fits its schedule to this time, reading the data included.")
-        add(QgsProcessingParameterNumber(self.EPOCHS, "Epochs (empty: as many as the time allows)",
+            self.tr("Training fits its schedule to this time, reading the data included."))
+        add(QgsProcessingParameterNumber(self.EPOCHS, self.tr("Epochs (empty: as many as the time allows)"),
                                          QgsProcessingParameterNumber.Type.Integer, None, True, 1, 10000),
-            "Number of epochs; shortened if they do not fit the time budget.", advanced=True)
-        add(QgsProcessingParameterNumber(self.TILE_SIZE, "Training window size in pixels (empty: 256)",
+            self.tr("Number of epochs; shortened if they do not fit the time budget."), advanced=True)
+        add(QgsProcessingParameterNumber(self.TILE_SIZE, self.tr("Training window size in pixels (empty: 256)"),
                                          QgsProcessingParameterNumber.Type.Integer, None, True, 32, 2048),
-            "Side of the windows the network learns from.", advanced=True)
-        add(QgsProcessingParameterNumber(self.BATCH_SIZE, "Batch size (empty: 8 on a CPU, 16 on a GPU)",
+            self.tr("Side of the windows the network learns from."), advanced=True)
+        add(QgsProcessingParameterNumber(self.BATCH_SIZE, self.tr("Batch size (empty: 8 on a CPU, 16 on a GPU)"),
                                          QgsProcessingParameterNumber.Type.Integer, None, True, 1, 1024),
-            "Windows per training step.", advanced=True)
-        add(QgsProcessingParameterNumber(self.LEARNING_RATE, "Learning rate (empty: 2e-4 to adapt, 2e-3 from "
-                                         "scratch)", QgsProcessingParameterNumber.Type.Double, None, True, 0.0, 1.0),
-            "AdamW learning rate of the decoder; the encoder learns at 0.3x, the head at 5x.", advanced=True)
-        add(QgsProcessingParameterEnum(self.DEVICE, "Device", DEVICES, defaultValue=0),
-            "auto: the CUDA GPU when PyTorch sees one, else the CPU.")
-        add(QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, "Trained model",
+            self.tr("Windows per training step."), advanced=True)
+        add(QgsProcessingParameterNumber(self.LEARNING_RATE,
+                                         self.tr("Learning rate (empty: 2e-4 to adapt, 2e-3 from scratch)"),
+                                         QgsProcessingParameterNumber.Type.Double, None, True, 0.0, 1.0),
+            self.tr("AdamW learning rate of the decoder; the encoder learns at 0.3x, the head at 5x."), advanced=True)
+        add(QgsProcessingParameterEnum(self.DEVICE, self.tr("Device"), DEVICES, defaultValue=0),
+            self.tr("auto: the CUDA GPU when PyTorch sees one, else the CPU."))
+        add(QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, self.tr("Trained model"),
                                                   "Model files (*.safetensors)"),
-            "The .safetensors model file, usable at once by Segment land cover.")
-        add(QgsProcessingParameterFileDestination(self.OUTPUT_REPORT, "Training report", "HTML files (*.html)",
+            self.tr("The .safetensors model file, usable at once by Segment land cover."))
+        add(QgsProcessingParameterFileDestination(self.OUTPUT_REPORT, self.tr("Training report"), "HTML files (*.html)",
                                                   optional=True, createByDefault=False),
-            "Curves, per-class IoU and confusion matrix on the held-out area, starting model beside trained.")
-        self.addOutput(QgsProcessingOutputNumber(self.VAL_MIOU, "Validation mean IoU"))
-        self.addOutput(QgsProcessingOutputNumber(self.INIT_VAL_MIOU, "Validation mean IoU of the starting model"))
+            self.tr("Curves, per-class IoU and confusion matrix on the held-out area, starting model beside trained."))
+        self.addOutput(QgsProcessingOutputNumber(self.VAL_MIOU, self.tr("Validation mean IoU")))
+        self.addOutput(QgsProcessingOutputNumber(self.INIT_VAL_MIOU, self.tr("Validation mean IoU of the "
+                                                                             "starting model")))
 
     def checkParameterValues(self, parameters, context):  # noqa: N802
         ok, message = super().checkParameterValues(parameters, context)
@@ -164,7 +165,7 @@ class TrainAlgorithm(LandcoverAlgorithm):
     def _rasters(self, parameters, context) -> list[str]:
         layers = self.parameterAsLayerList(parameters, self.INPUT, context)
         if not layers:
-            raise QgsProcessingException("Give at least one raster to learn from (INPUT).")
+            raise QgsProcessingException(self.tr("Give at least one raster to learn from (INPUT)."))
         paths = []
         for layer in layers:
             if not isinstance(layer, QgsRasterLayer) or layer.providerType() != "gdal":
@@ -178,20 +179,21 @@ class TrainAlgorithm(LandcoverAlgorithm):
 
         layer = self.parameterAsLayer(parameters, self.LABELS, context)
         if layer is None:
-            raise QgsProcessingException("The labels (LABELS) could not be loaded.")
+            raise QgsProcessingException(self.tr("The labels (LABELS) could not be loaded."))
         if isinstance(layer, QgsRasterLayer):
             if layer.providerType() != "gdal":
-                raise QgsProcessingException("Label rasters must be raster files of class ids.")
+                raise QgsProcessingException(self.tr("Label rasters must be raster files of class ids."))
             styled = None
             if isinstance(layer.renderer(), QgsPalettedRasterRenderer):
                 styled = {str(int(c.value)): (c.label, c.color.name()) for c in layer.renderer().classes()
                           if c.label}
             return Labels(raster=layer.source(), styled=styled)
         if not isinstance(layer, QgsVectorLayer) or layer.geometryType() != QgsWkbTypes.GeometryType.PolygonGeometry:
-            raise QgsProcessingException("The labels must be polygons or a raster of class ids.")
+            raise QgsProcessingException(self.tr("The labels must be polygons or a raster of class ids."))
         field = self.parameterAsString(parameters, self.CLASS_FIELD, context)
         if not field:
-            raise QgsProcessingException("Polygon labels need CLASS_FIELD: the field holding class ids or names.")
+            raise QgsProcessingException(self.tr("Polygon labels need CLASS_FIELD: the field holding class ids or "
+                                                 "names."))
         if layer.fields().indexOf(field) < 0:
             raise QgsProcessingException(f"The labels have no field {field!r}.")
         styled = None

@@ -107,6 +107,35 @@ def test_plugin_offers_to_install_what_is_missing(qgis_iface, qgis_processing, m
         registry.addProvider(_KEEP[-1])
 
 
+def test_user_visible_strings_go_through_tr(qgis_app):
+    """A translator that marks every string of the plugin's context: all names, descriptions and help show it."""
+    from qgis.PyQt.QtCore import QCoreApplication, QTranslator
+
+    from landcover_plugin.processing.evaluate_algorithm import EvaluateAlgorithm
+    from landcover_plugin.processing.segment_algorithm import SegmentAlgorithm
+    from landcover_plugin.processing.train_algorithm import TrainAlgorithm
+
+    class Marking(QTranslator):
+        def translate(self, context, source, disambiguation=None, n=-1):
+            return f"«{source}»" if context == "landcover" else ""
+
+    marking = Marking()
+    QCoreApplication.installTranslator(marking)
+    try:
+        for cls in (SegmentAlgorithm, EvaluateAlgorithm, TrainAlgorithm):
+            alg = cls()
+            alg.initAlgorithm()
+            assert alg.displayName().startswith("«")
+            assert alg.shortHelpString().startswith("«")
+            params = alg.parameterDefinitions()
+            texts = [p.description() for p in params] + [p.help() for p in params]
+            texts += [o.description() for o in alg.outputDefinitions()]
+            assert all(t.startswith("«") for t in texts), [t for t in texts if not t.startswith("«")]
+    finally:
+        QCoreApplication.removeTranslator(marking)
+    assert not SegmentAlgorithm().displayName().startswith("«")
+
+
 def test_segment_outputs_styled_on_the_input_grid(provider, utm_raster, small_model, tmp_path):
     out = run("landcover:segment", {
         "INPUT": utm_raster, "MODEL": small_model, "DEVICE": 1, "MIN_AREA": 2.0, "SIMPLIFY": 0.5,
