@@ -17,7 +17,7 @@ VERSION := $(shell sed -n 's/^version=//p' metadata.txt)
 PROFILE ?= $(HOME)/.local/share/QGIS/QGIS3/profiles/default
 QGIS_PYTHON ?= /usr/bin/python3
 
-.PHONY: help system venv test test-unit lint bench demo demo-train stage package deploy undeploy screenshot clean
+.PHONY: help system venv test test-unit lint bench demo demo-train stage package deploy undeploy screenshot screenshot-xyz clean
 
 help:
 	@echo "make demo   classify the sample image with the bundled model into demo_output/"
@@ -116,6 +116,28 @@ screenshot: venv stage
 	cat build/screenshot/screenshot_status.txt
 	$(PY) -c "from PIL import Image; im = Image.open('docs/qgis_screenshot.png').convert('RGB'); \
 	  im.quantize(256, dither=Image.Dither.NONE).save('docs/qgis_screenshot.png', optimize=True)"
+
+# The same with the sample served as XYZ tiles from 127.0.0.1 (cut at zoom 18, Web Mercator): QGIS classifies
+# the web layer over the sample's extent at 0.55 units a pixel (0.5 m at Dubai's latitude).
+XYZ_DIR := build/xyz
+XYZ_PORT ?= 8766
+screenshot-xyz: venv stage
+	rm -rf $(SHOT_PROFILE) $(XYZ_DIR) build/screenshot && mkdir -p $(SHOT_PROFILE)/profiles/default/QGIS $(XYZ_DIR) build/screenshot docs
+	printf '[PythonPlugins]\nlandcover_plugin=true\n[qgis]\ncheckVersion=false\nshowTips=false\n' \
+	  > $(SHOT_PROFILE)/profiles/default/QGIS/QGIS3.ini
+	gdal_translate -q -a_srs EPSG:32640 -a_ullr 300000 2780000 300384 2779616 $(DEMO_INPUT) $(XYZ_DIR)/sample.tif
+	$(PY) -c "import sys; sys.path.insert(0, 'tests/qgis'); from loopback import cut_tiles; \
+	  l, b, r, t = cut_tiles('$(XYZ_DIR)/sample.tif', '$(XYZ_DIR)/tiles', 18); print(f'{l},{r},{b},{t}')" > $(XYZ_DIR)/extent
+	$(PY) -m http.server $(XYZ_PORT) --bind 127.0.0.1 --directory $(XYZ_DIR)/tiles >/dev/null 2>&1 & echo $$! > $(XYZ_DIR)/server.pid
+	QGIS_PLUGINPATH=$(abspath $(STAGE)) PYTHONPATH=$(abspath $(VENV_SITE)) LANDCOVER_OUT=$(abspath build/screenshot) \
+	  LANDCOVER_XYZ='http://127.0.0.1:$(XYZ_PORT)/%7Bz%7D/%7Bx%7D/%7By%7D.png' LANDCOVER_EXTENT=$$(cat $(XYZ_DIR)/extent) \
+	  LANDCOVER_RESOLUTION=0.55 LANDCOVER_SHOT=$(abspath docs/qgis_xyz_screenshot.png) \
+	  QT_QPA_PLATFORM=xcb timeout 300 xvfb-run -a -s "-screen 0 1400x900x24" qgis --profiles-path $(abspath $(SHOT_PROFILE)) \
+	  --nologo --noversioncheck --code $(abspath scripts/qgis_screenshot.py) >build/screenshot/qgis.log 2>&1 || true
+	kill $$(cat $(XYZ_DIR)/server.pid) 2>/dev/null || true
+	cat build/screenshot/screenshot_status.txt
+	$(PY) -c "from PIL import Image; im = Image.open('docs/qgis_xyz_screenshot.png').convert('RGB'); \
+	  im.quantize(256, dither=Image.Dither.NONE).save('docs/qgis_xyz_screenshot.png', optimize=True)"
 
 package: stage
 	mkdir -p dist

@@ -1,11 +1,12 @@
 """Run inside QGIS desktop (qgis --code scripts/qgis_screenshot.py): segment the sample, show it, screenshot.
 
-Environment: LANDCOVER_INPUT (raster), LANDCOVER_OUT (folder for outputs), LANDCOVER_SHOT (PNG path).
-Used by `make screenshot`, under xvfb-run.
+Environment: LANDCOVER_INPUT (raster), LANDCOVER_OUT (folder for outputs), LANDCOVER_SHOT (PNG path); for a
+web layer instead, LANDCOVER_XYZ (an XYZ tile URL template), LANDCOVER_EXTENT (left,right,bottom,top in
+EPSG:3857) and LANDCOVER_RESOLUTION. Used by `make screenshot` and `make screenshot-xyz`, under xvfb-run.
 """
 import os
 
-from qgis.core import QgsProject, QgsRasterLayer
+from qgis.core import QgsProject, QgsRasterLayer, QgsRectangle
 from qgis.PyQt.QtCore import QTimer
 from qgis.utils import iface
 
@@ -13,19 +14,25 @@ from qgis.utils import iface
 def shoot():
     import processing
 
-    src = os.environ["LANDCOVER_INPUT"]
+    src = os.environ.get("LANDCOVER_INPUT")
     out = os.environ["LANDCOVER_OUT"]
     shot = os.environ["LANDCOVER_SHOT"]
     status = os.path.join(out, "screenshot_status.txt")
     try:
-        image = QgsRasterLayer(src, "sample image")
+        params = {"OUTPUT_RASTER": os.path.join(out, "classes.tif"),
+                  "OUTPUT_VECTOR": os.path.join(out, "landcover.gpkg"), "MIN_AREA": 16, "SIMPLIFY": 1.5}
+        xyz = os.environ.get("LANDCOVER_XYZ")
+        if xyz:
+            image = QgsRasterLayer(f"type=xyz&url={xyz}&zmin=0&zmax=18", "sample image (XYZ tiles)", "wms")
+            params.update(EXTENT=os.environ["LANDCOVER_EXTENT"] + " [EPSG:3857]",
+                          RESOLUTION=float(os.environ["LANDCOVER_RESOLUTION"]))
+        else:
+            image = QgsRasterLayer(src, "sample image")
         QgsProject.instance().addMapLayer(image)
-        processing.runAndLoadResults("landcover:segment", {
-            "INPUT": src, "OUTPUT_RASTER": os.path.join(out, "classes.tif"),
-            "OUTPUT_VECTOR": os.path.join(out, "landcover.gpkg"), "MIN_AREA": 16, "SIMPLIFY": 1.5})
+        processing.runAndLoadResults("landcover:segment", {"INPUT": image, **params})
         root = QgsProject.instance().layerTreeRoot()
         for layer in QgsProject.instance().mapLayers().values():
-            if layer.name() != "sample image":
+            if layer.id() != image.id():
                 node = root.findLayer(layer.id())
                 if isinstance(layer, QgsRasterLayer):
                     layer.renderer().setOpacity(0.55)
@@ -33,7 +40,11 @@ def shoot():
                     layer.setOpacity(0.35)
                 node.setItemVisibilityChecked(True)
         iface.mainWindow().resize(1400, 900)
-        iface.mapCanvas().setExtent(image.extent())
+        if xyz:  # the project took the tiles' CRS (EPSG:3857): show the extent classified
+            left, right, bottom, top = (float(v) for v in os.environ["LANDCOVER_EXTENT"].split(","))
+            iface.mapCanvas().setExtent(QgsRectangle(left, bottom, right, top))
+        else:
+            iface.mapCanvas().setExtent(image.extent())
         iface.mapCanvas().refreshAllLayers()
 
         def grab():
