@@ -272,16 +272,6 @@ class SegmentAlgorithm(LandcoverAlgorithm):
         spec = model[1]
         grid = self._input_grid(parameters, context, layer, spec.gsd)
         steps = QgsProcessingMultiStepFeedback(2 if grid else 1, feedback)
-        if grid is not None:
-            source, opts.extent = QgsProcessingUtils.generateTempFilename("landcover_input.tif"), None
-            check_disk(grid, band_count(layer), os.path.dirname(source))
-            feedback.pushInfo(f"Reading {safe_source(layer)} through QGIS's {layer.providerType()} provider: "
-                              f"{grid.describe()}, in {layer.crs().authid() or 'its CRS'}")
-            fetched = time.perf_counter()
-            fetch(layer, grid, source, steps)
-            feedback.pushInfo(f"read in {time.perf_counter() - fetched:.1f} s")
-            steps.setCurrentStep(1)
-
         fields = polygon_fields()
         sink, vector_id = self.parameterAsSink(parameters, self.OUTPUT_VECTOR, context, fields,
                                                QgsWkbTypes.Type.Polygon, layer.crs())
@@ -290,6 +280,9 @@ class SegmentAlgorithm(LandcoverAlgorithm):
 
         started, finished = time.perf_counter(), False
         try:
+            if grid is not None:
+                source, opts.extent = self._fetch(layer, grid, steps, feedback), None
+                steps.setCurrentStep(1)
             result = segment(source, raster_out, model, confidence_path=conf_out, options=opts,
                              progress=lambda f: steps.setProgress(100.0 * f), cancel=feedback.isCanceled,
                              log=self._logger(feedback), polygon_writer=polygons and polygons.write)
@@ -299,7 +292,7 @@ class SegmentAlgorithm(LandcoverAlgorithm):
         except LandcoverError as exc:
             raise QgsProcessingException(str(exc)) from None
         finally:
-            if grid is not None:
+            if grid is not None and source != layer.source():
                 remove(source)
             if polygons is not None and not finished:
                 polygons.discard()
@@ -328,6 +321,18 @@ class SegmentAlgorithm(LandcoverAlgorithm):
             feedback.pushWarning(w)
         return {self.OUTPUT_RASTER: raster_out, self.OUTPUT_VECTOR: vector_id, self.OUTPUT_CONFIDENCE: conf_out,
                 self.OUTPUT_REPORT: report_out}
+
+    @staticmethod
+    def _fetch(layer, grid, steps, feedback) -> str:
+        """Read the layer onto `grid` through its provider into a temporary GeoTIFF; return its path."""
+        path = QgsProcessingUtils.generateTempFilename("landcover_input.tif")
+        check_disk(grid, band_count(layer), os.path.dirname(path))
+        feedback.pushInfo(f"Reading {safe_source(layer)} through QGIS's {layer.providerType()} provider: "
+                          f"{grid.describe()}, in {layer.crs().authid() or 'its CRS'}")
+        started = time.perf_counter()
+        fetch(layer, grid, path, steps)
+        feedback.pushInfo(f"read in {time.perf_counter() - started:.1f} s")
+        return path
 
     @staticmethod
     def _logger(feedback):
