@@ -270,8 +270,8 @@ def _child_polygons(args) -> int:
     if args.min_area:
         sieve(args.raster, geometry.pixels_for_area(args.min_area))
     t1 = time.perf_counter()
-    n = vectorize(args.raster, None, os.path.join(args.workdir, "polygons.gpkg"), DEFAULT_CLASSES, geometry,
-                  simplify=args.simplify)
+    n = vectorize(args.raster, None, os.path.join(args.workdir, f"polygons_{args.simplify:g}.gpkg"), DEFAULT_CLASSES,
+                  geometry, simplify=args.simplify)
     print(json.dumps({"peak_rss_mb": peak_rss_mb(), "polygons": n,
                       "sieve_s": t1 - t0, "polygonize_s": time.perf_counter() - t1}))
     return 0
@@ -288,12 +288,46 @@ def cmd_polygons(args) -> dict:
                                   str(args.min_area), "--simplify", str(simplify)], capture_output=True, text=True)
             if out.returncode != 0:
                 raise SystemExit(out.stderr)
-            row = {"size": args.size, "simplify": simplify, **json.loads(out.stdout.strip().splitlines()[-1])}
+            row = {"size": args.size, "simplify": simplify, **json.loads(out.stdout.strip().splitlines()[-1]),
+                   "vertices": _vertices(os.path.join(tmp, f"polygons_{simplify:g}.gpkg"))}
             rows.append(row)
             print(f"{args.size} x {args.size}, min area {args.min_area} m2, simplify {simplify}: "
-                  f"{row['polygons']} polygons, sieve {row['sieve_s']:.1f} s, polygons {row['polygonize_s']:.1f} s, "
-                  f"peak RSS {row['peak_rss_mb']:.0f} MB", flush=True)
+                  f"{row['polygons']} polygons, {row['vertices']} vertices, sieve {row['sieve_s']:.1f} s, polygons "
+                  f"{row['polygonize_s']:.1f} s, peak RSS {row['peak_rss_mb']:.0f} MB", flush=True)
+        if args.compare_qgis:
+            rows += _qgis_coverage_simplify(tmp, args.simplify)
     return {"bench": "polygons", "rows": rows}
+
+
+def _vertices(gpkg: str) -> int:
+    from osgeo import ogr
+
+    ds = ogr.Open(gpkg)
+    return sum(f.GetGeometryRef().GetGeometryRef(i).GetPointCount() for f in ds.GetLayer(0)
+               for i in range(f.GetGeometryRef().GetGeometryCount()))
+
+
+def _qgis_coverage_simplify(tmp: str, tolerances) -> list[dict]:
+    """QGIS's own coverage simplification (GEOS, QGIS 3.36 and later) of the unsimplified polygons, timed
+    through qgis_process (its start, about 2 s, included), for comparison with the engine's."""
+    raw = os.path.join(tmp, "polygons_0.gpkg")
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
+    if not os.path.exists(raw) or subprocess.run(["qgis_process.bin", "help", "native:coveragesimplify"], env=env,
+                                                 capture_output=True).returncode != 0:
+        print("native:coveragesimplify: not in this QGIS (3.36 and later), or no unsimplified run (--simplify 0)")
+        return []
+    rows = []
+    for tolerance in [t for t in tolerances if t > 0]:
+        out = os.path.join(tmp, f"qgis_{tolerance:g}.gpkg")
+        t0 = time.perf_counter()
+        subprocess.run(["qgis_process.bin", "run", "native:coveragesimplify", "--", f"INPUT={raw}",
+                        f"TOLERANCE={tolerance}", "PRESERVE_BOUNDARY=false", f"OUTPUT={out}"], env=env,
+                       capture_output=True, check=True)
+        row = {"qgis_coverage_simplify": tolerance, "seconds": time.perf_counter() - t0, "vertices": _vertices(out)}
+        print(f"native:coveragesimplify {tolerance}: {row['seconds']:.1f} s on the unsimplified polygons, "
+              f"{row['vertices']} vertices", flush=True)
+        rows.append(row)
+    return rows
 
 
 def cmd_precision(args) -> dict:
@@ -520,6 +554,8 @@ def parse_args(argv=None):
     g.add_argument("--size", type=int, default=10000)
     g.add_argument("--min-area", type=float, default=4.0, help="square metres (pixels are 0.5 m)")
     g.add_argument("--simplify", type=float, nargs="+", default=[0.0, 1.0])
+    g.add_argument("--compare-qgis", action="store_true",
+                   help="also QGIS's native:coveragesimplify (QGIS 3.36+) on the unsimplified polygons")
     g.add_argument("--workdir", default=None)
     gp = sub.add_parser("_polygons")
     gp.add_argument("raster")
