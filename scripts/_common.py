@@ -42,3 +42,37 @@ def run_main(main) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+class ProgressLine:
+    """A progress bar on stderr (a line every tenth where stderr is not a terminal), with log lines above it."""
+
+    def __init__(self, label: str, quiet: bool = False, width: int = 30):
+        self.label, self.quiet, self.width = label, quiet, width
+        self.tty = sys.stderr.isatty()
+        self.shown = -1
+
+    def update(self, fraction: float) -> None:
+        if self.quiet:
+            return
+        percent = int(100 * min(max(fraction, 0.0), 1.0))
+        if self.tty and percent != self.shown:
+            done = self.width * percent // 100
+            sys.stderr.write(f"\r{self.label} [{'#' * done}{'.' * (self.width - done)}] {percent:3d}%")
+            sys.stderr.flush()
+        elif not self.tty and percent // 10 != self.shown // 10:
+            print(f"{self.label}: {percent}%", file=sys.stderr, flush=True)
+        self.shown = percent
+
+    def log(self, message: str) -> None:
+        if self.quiet:
+            return
+        if self.tty and self.shown >= 0:
+            sys.stderr.write("\r\033[K")
+        print(message, file=sys.stderr, flush=True)
+        if self.tty and self.shown >= 0:
+            self.update(self.shown / 100)
+
+    def close(self) -> None:
+        if self.tty and self.shown >= 0 and not self.quiet:
+            sys.stderr.write("\n")

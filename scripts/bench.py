@@ -10,6 +10,7 @@
     python scripts/bench.py polygons [--size 10000 --min-area 4 --simplify 0 1]
     python scripts/bench.py precision IMAGES [MASKS] [--model FILE]
     python scripts/bench.py parts [--devices cuda:all --single cuda --size 4096]
+    python scripts/bench.py cluster [--size 2048 --block-size 1024 --workers 1 2 --precision fp32]
 
 Each prints a table and, last, one line of JSON. Rasters are built from the committed
 Dubai fixture, mirrored to fill the size, tiled and compressed like real orthophotos.
@@ -550,6 +551,14 @@ def parse_args(argv=None):
     pa.add_argument("--tile", type=int)
     pa.add_argument("--overlap", type=int)
     pa.add_argument("--workdir", default=None)
+    cl = sub.add_parser("cluster", help="one raster in this process and in blocks on local Dask clusters")
+    cl.add_argument("--size", type=int, default=2048)
+    cl.add_argument("--input", help="a real raster instead")
+    cl.add_argument("--block-size", type=int, default=1024)
+    cl.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    cl.add_argument("--model")
+    cl.add_argument("--precision", default="fp32", choices=PRECISION_CHOICES)
+    cl.add_argument("--workdir", default=None)
     g = sub.add_parser("polygons", help="sieve and polygons of a large class raster: time and peak RSS")
     g.add_argument("--size", type=int, default=10000)
     g.add_argument("--min-area", type=float, default=4.0, help="square metres (pixels are 0.5 m)")
@@ -604,7 +613,59 @@ def cmd_parts(args) -> dict:
     return result
 
 
-SUBCOMMANDS = ("memory", "agreement", "throughput", "model", "polygons", "precision", "parts", "_child", "_polygons")
+def cmd_cluster(args) -> dict:
+    """One raster in this process, then in blocks on local Dask clusters of 1, 2... workers: blocks per second,
+    MP/s, the cluster path's overhead against the in-process run, and whether the class rasters are equal."""
+    import numpy as np
+    import rasterio
+    from distributed import Client, LocalCluster
+
+    from landcover_plugin.core.cluster import Cluster
+    from landcover_plugin.core.model_file import load_model, resolve_model_path
+    from landcover_plugin.core.segment import SegmentOptions, segment
+
+    model = load_model(resolve_model_path(args.model))
+    cores = len(os.sched_getaffinity(0))
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="landcover-bench-", dir=args.workdir) as tmp:
+        raster = args.input or make_raster(os.path.join(tmp, "in.tif"), args.size)
+        t0 = time.perf_counter()
+        res = segment(raster, os.path.join(tmp, "local.tif"), model, log=lambda m: None,
+                      options=SegmentOptions(device="cpu", precision=args.precision))
+        local_s = time.perf_counter() - t0
+        with rasterio.open(res.class_path) as ds:
+            reference = ds.read(1)
+        print(f"in-process: {res.megapixels:.2f} MP in {local_s:.2f} s ({res.megapixels / local_s:.3f} MP/s, "
+              f"{res.precision})", flush=True)
+        for workers in args.workers:
+            with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as lc, \
+                    Client(lc) as client:
+                client.run(lambda: None)  # workers up before the clock starts
+                logs = []
+                t0 = time.perf_counter()
+                res = segment(raster, os.path.join(tmp, f"cluster{workers}.tif"), model, log=logs.append,
+                              options=SegmentOptions(device="cpu", precision=args.precision, cluster=Cluster(
+                                  client, os.path.join(tmp, "spool"), args.block_size, max(1, cores // workers))))
+                seconds = time.perf_counter() - t0
+            with rasterio.open(res.class_path) as ds:
+                labels = ds.read(1)
+            same, agreement = bool(np.array_equal(labels, reference)), float((labels == reference).mean())
+            blocks = int(next(m for m in logs if "block(s) of rows" in m).split()[0])
+            row = {"workers": workers, "blocks": blocks, "seconds": round(seconds, 3),
+                   "blocks_per_s": round(blocks / seconds, 4), "mp_per_s": round(res.megapixels / seconds, 4),
+                   "overhead_vs_in_process": round(seconds / local_s, 3), "identical_classes": same,
+                   "torch_threads_per_worker": max(1, cores // workers), "label_agreement": agreement}
+            rows.append(row)
+            print(f"{workers} worker(s): {blocks} blocks in {seconds:.2f} s, {row['blocks_per_s']} blocks/s, "
+                  f"{row['mp_per_s']} MP/s, {row['overhead_vs_in_process']}x the in-process time; classes "
+                  f"identical: {same} ({100 * agreement:.5f}% agree; {max(1, cores // workers)} torch thread(s) a "
+                  f"worker, {cores} in-process)", flush=True)
+    return {"bench": "cluster", "size": args.size, "block_size": args.block_size, "cores": cores,
+            "in_process_seconds": round(local_s, 3), "rows": rows}
+
+
+SUBCOMMANDS = ("memory", "agreement", "throughput", "model", "polygons", "precision", "parts", "cluster", "_child",
+               "_polygons")
 
 
 def main(argv=None) -> int:
@@ -618,7 +679,7 @@ def main(argv=None) -> int:
         return _child_polygons(args)
     _common.setup(quiet=True)
     commands = {"memory": cmd_memory, "agreement": cmd_agreement, "throughput": cmd_throughput, "model": cmd_model,
-                "polygons": cmd_polygons, "precision": cmd_precision, "parts": cmd_parts}
+                "polygons": cmd_polygons, "precision": cmd_precision, "parts": cmd_parts, "cluster": cmd_cluster}
     result = commands[args.cmd](args)
     print(json.dumps(result))
     return 0

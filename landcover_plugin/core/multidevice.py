@@ -176,6 +176,22 @@ def _run_part(job: PartJob, part: Part, index: int, out, stop) -> None:
 
 
 def _run(job: PartJob, part: Part, index: int, out, stop):
+    sent = [0.0]
+
+    def progress(f):
+        if f - sent[0] >= PROGRESS_STEP or f >= 1.0:
+            sent[0] = f
+            out.put(("progress", index, f))
+
+    # copies: the queue pickles in a thread of its own, after the buffer has moved on
+    return run_rows(job, part, lambda row0, arrays: out.put(("rows", index, row0, [a.copy() for a in arrays])),
+                    progress, stop.is_set)
+
+
+def run_rows(job: PartJob, part: Part, emit, progress, stop, network=None, predictors: dict | None = None):
+    """Run the sliding window over `part`'s rows of `job` on `part.device`, handing each finished block row
+    to emit(row0, arrays); return the Stopwatch. `network` replaces job.network (a Dask worker's copy);
+    `predictors` keeps the predictor built here for the next call with the same settings."""
     import rasterio
 
     from .predictor import Predictor
@@ -192,20 +208,17 @@ def _run(job: PartJob, part: Part, index: int, out, stop):
         torch.set_num_threads(part.threads)
     watch = Stopwatch()
     batch = job.batch_size or auto_batch(device, job.tile, job.base_width)
-    sent = [0.0]
-
-    def progress(f):
-        if f - sent[0] >= PROGRESS_STEP or f >= 1.0:
-            sent[0] = f
-            out.put(("progress", index, f))
-
+    network = job.network if network is None else network
+    key = (id(network), str(device), batch, job.precision, job.tta, job.tile, job.overlap)
+    predictor = (predictors or {}).get(key)
     with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"), rasterio.open(job.input_path) as src:
         reader = WindowReader(src, job.bands, job.region, job.scale, job.mean)
-        predictor = Predictor(job.network, job.mean, job.std, blend_weights(job.tile, job.overlap), device, batch,
-                              job.tta, job.precision)
-        # copies: the queue pickles in a thread of its own, after the buffer has moved on
-        sink = job.plan.build(lambda row0, arrays: out.put(("rows", index, row0, [a.copy() for a in arrays])),
-                              job.tile, device, part.rows)
-        slide(reader, predictor, job.classes, job.tile, job.overlap, sink, progress, stop.is_set, watch,
+        if predictor is None:
+            predictor = Predictor(network, job.mean, job.std, blend_weights(job.tile, job.overlap), device, batch,
+                                  job.tta, job.precision)
+            if predictors is not None:
+                predictors[key] = predictor
+        sink = job.plan.build(emit, job.tile, device, part.rows)
+        slide(reader, predictor, job.classes, job.tile, job.overlap, sink, progress, stop, watch,
               read_threads(device), rows=part.rows)
     return watch

@@ -51,6 +51,7 @@ class SegmentOptions:
     tta: bool = False
     min_area: float | None = None  # square ground units; smaller regions join their neighbours; None: the model's
     simplify: float | None = None  # polygon simplification tolerance in map units; None: the model's
+    cluster: object | None = None  # a cluster.Cluster: the rows run as blocks on Dask workers
 
 
 @dataclass
@@ -171,6 +172,8 @@ def segment(input_path: str, class_path: str, model=None, confidence_path: str |
         if cancel():
             raise Cancelled("Cancelled; no output was written.")
         files.commit()
+        if job.spool is not None:
+            job.spool.clear()
     except BaseException:
         files.discard()
         raise
@@ -250,6 +253,7 @@ class _Job:
         self.scale = self._scale()
         self.tile, self.overlap = self._tiling()
         self.write_behind = False  # outputs written by a thread of their own (run() decides)
+        self.spool = None  # a cluster run's finished blocks, cleared once the outputs are in place
 
     def stage_seconds(self) -> dict:
         """Seconds per stage. "write" (final outputs) happens while blending, so it is taken out
@@ -302,24 +306,42 @@ class _Job:
         int8_pays = (device.type == "cpu" and self.opts.precision == "auto"
                      and quantize.worth_int8(network, spec, shape, reader.width * reader.height))
         precision = choose_precision(device, self.opts.precision, int8_pays)
-        parts = split_rows(reader.height, names, outputs.BLOCK) if len(names) > 1 else []
+        cluster = self.opts.cluster
+        if cluster is not None:
+            from .cluster import plan_blocks
+
+            parts = plan_blocks(reader.height, reader.width, cluster.block_size, self.tile, cluster.device,
+                                cluster.threads)
+            if self.opts.precision == "auto":
+                precision = "auto"  # each worker's own choice for its device (no int8 compiled on workers)
+        else:
+            parts = split_rows(reader.height, names, outputs.BLOCK) if len(names) > 1 else []
         predictor = None
-        if len(parts) <= 1 or precision == "int8":
+        if cluster is None and (len(parts) <= 1 or precision == "int8"):
             # with parts, an int8 network is compiled (or its fallback chosen) here once, not by every process
             predictor, precision = self._predictor(network, device, batch, precision)
-        self.write_behind = len(parts) <= 1 and write_in_background(device)
-        where = describe(device) if len(parts) <= 1 else \
-            f"{len(parts)} processes on {', '.join(p.device for p in parts)}"
+        self.write_behind = cluster is None and len(parts) <= 1 and write_in_background(device)
+        if cluster is not None:
+            where = f"{len(parts)} block(s) on a Dask cluster"
+        elif len(parts) > 1:
+            where = f"{len(parts)} processes on {', '.join(p.device for p in parts)}"
+        else:
+            where = describe(device)
         self.log(f"Device {where}, precision {precision}, batch size {batch}, tile {self.tile}, "
                  f"overlap {self.overlap}, {self.region.width} x {self.region.height} pixels.")
         ids = np.array([c.id for c in spec.classes], np.uint8)
         grid = dict(width=region.width, height=region.height, crs=self.src.crs, transform=self.transform)
 
         def classify(plan, write):
-            if len(parts) > 1:
+            if cluster is not None or len(parts) > 1:
                 job = PartJob(self.src.name, self.bands, region, self.scale, tuple(spec.mean), tuple(spec.std),
                               self.tile, self.overlap, self.opts.batch_size, spec.base_width, self.opts.tta,
                               precision, spec.num_classes, plan, network)
+            if cluster is not None:
+                from .cluster import run_blocks
+
+                self.spool = run_blocks(job, parts, write, progress, cancel, self.log, cluster)
+            elif len(parts) > 1:
                 run_parts(job, parts, write, progress, cancel, self.log, self.watch)
             else:
                 writer = BackgroundWriter(write) if self.write_behind else None
@@ -351,7 +373,7 @@ class _Job:
                              probability_writer(prob_ds))
                 with rasterio.open(prob_path) as prob_ds:
                     final.from_probabilities(prob_ds, region.width, region.height, self.scale, cancel)
-        if len(parts) > 1:
+        if cluster is not None or len(parts) > 1:
             return where, batch, precision
         return describe(device), predictor.batch_size, precision
 

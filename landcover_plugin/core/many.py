@@ -1,0 +1,202 @@
+"""Many rasters (files, folders, globs, a VRT mosaic) in one call, in this process or on a Dask cluster.
+
+Each input gets what segment() writes for one (classes.tif, confidence.tif, landcover.gpkg) and areas.csv,
+under OUT/<stem>/ when there are several inputs, in OUT/ for one. Inputs run side by side on a cluster,
+each as blocks of rows (cluster.py); an input that fails is reported with its reason and the others
+still finish. An input whose outputs a previous call finished with the same model and settings is
+skipped, and a rerun of an interrupted one skips its blocks already done.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+from .errors import InputError, LandcoverError
+
+RASTER_EXTENSIONS = (".tif", ".tiff", ".vrt", ".jp2", ".img", ".png", ".jpg", ".jpeg", ".ecw", ".sid")
+SPOOL = ".landcover_blocks"  # under OUT: finished blocks of unfinished inputs
+DONE = ".landcover_done.json"  # in an input's output folder: the key of the run that finished it
+CONNECT_TIMEOUT = "20s"  # for --scheduler: how long an unreachable scheduler is tried
+
+
+@dataclass
+class InputResult:
+    input: str
+    out_dir: str
+    result: object | None = None  # a SegmentResult
+    error: str | None = None
+    skipped: bool = False  # finished by an earlier call
+
+
+def expand_inputs(items) -> list[str]:
+    """Files as given (GDAL paths such as /vsicurl/ included), the rasters of a folder, the matches of a
+    glob; in order, each once."""
+    found = []
+    for item in items:
+        if os.path.isdir(item):
+            found += sorted(os.path.join(item, n) for n in os.listdir(item) if n.lower().endswith(RASTER_EXTENSIONS))
+        elif any(c in item for c in "*?[") and not item.startswith("/vsi"):
+            matches = sorted(glob.glob(item))
+            if not matches:
+                raise InputError(f"Nothing matches {item}.")
+            found += matches
+        else:
+            found.append(item)
+    unique = list(dict.fromkeys(found))
+    if not unique:
+        raise InputError("No input raster was given (a folder holds none with a raster extension).")
+    return unique
+
+
+def output_dirs(inputs: list[str], out_dir: str) -> list[str]:
+    """OUT for one input; OUT/<stem> for several, made unique where two inputs share a stem."""
+    if len(inputs) == 1:
+        return [out_dir]
+    dirs, seen = [], {}
+    for path in inputs:
+        stem = os.path.splitext(os.path.basename(path.rstrip("/")))[0] or "input"
+        seen[stem] = seen.get(stem, 0) + 1
+        dirs.append(os.path.join(out_dir, stem if seen[stem] == 1 else f"{stem}_{seen[stem]}"))
+    return dirs
+
+
+def _run_key(path: str, spec_name: str, network, options) -> str:
+    """The input as it is now, the model's weights and the settings: what makes earlier outputs reusable."""
+    from .cluster import add_weights
+
+    digest = hashlib.sha256()
+    stat = os.stat(path) if os.path.exists(path) else None
+    light = dataclasses.replace(options, cluster=None)
+    digest.update(repr((os.path.abspath(path) if stat else path, stat and (stat.st_size, stat.st_mtime_ns),
+                        spec_name, light)).encode())
+    add_weights(digest, network)
+    return digest.hexdigest()[:24]
+
+
+def _finished(out_dir: str, key: str, polygons: bool) -> bool:
+    names = ["classes.tif", "confidence.tif", "areas.csv"] + (["landcover.gpkg"] if polygons else [])
+    try:
+        with open(os.path.join(out_dir, DONE)) as fh:
+            done = json.load(fh).get("key") == key
+    except (OSError, ValueError):
+        return False
+    return done and all(os.path.exists(os.path.join(out_dir, n)) for n in names)
+
+
+def connect(workers: int | None = None, scheduler: str | None = None, log: Callable = print):
+    """(client, threads per worker): a local cluster of `workers` processes, or the cluster at `scheduler`."""
+    import logging
+
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise InputError("Running on a cluster needs Dask: pip install \"distributed>=2024\".") from None
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # its start-up chatter; our log says where it is
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout=CONNECT_TIMEOUT)
+        except (OSError, TimeoutError) as exc:
+            raise InputError(f"The Dask scheduler at {scheduler} cannot be reached ({exc}); check the address "
+                             "and that the scheduler runs.") from None
+        threads = 0
+    else:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0")
+        client = Client(cluster)
+        threads = max(1, cores // workers)
+    log(f"Dask cluster {client.scheduler.address}: {len(client.scheduler_info()['workers'])} worker(s); "
+        f"dashboard {client.dashboard_link}")
+    return client, threads
+
+
+def segment_many(inputs, out_dir: str, model=None, options=None, workers: int | None = None,
+                 scheduler: str | None = None, block_size: int | None = None, polygons: bool = True,
+                 log: Callable = print, progress: Callable[[float], None] | None = None) -> list[InputResult]:
+    """Classify every input into its output folder; returns one InputResult an input, failures included."""
+    from .cluster import DEFAULT_BLOCK, Cluster
+    from .model_file import load_model, resolve_model_path
+    from .segment import SegmentOptions
+
+    paths = expand_inputs(inputs)
+    dirs = output_dirs(paths, out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    network, spec = model if isinstance(model, tuple) else load_model(resolve_model_path(model))
+    options = options or SegmentOptions()
+    results = [InputResult(p, d) for p, d in zip(paths, dirs)]
+    client, threads = None, 0
+    if workers or scheduler:
+        try:
+            client, threads = connect(workers, scheduler, log)
+        except InputError as exc:
+            for r in results:
+                r.error = str(exc)
+            return results
+    fractions = [0.0] * len(paths)
+    lock = threading.Lock()
+
+    def report(i, f):
+        with lock:
+            fractions[i] = f
+            if progress:
+                progress(sum(fractions) / len(fractions))
+
+    def run(i: int) -> None:
+        item = results[i]
+        opts = options
+        if client is not None:
+            opts = dataclasses.replace(options, cluster=Cluster(client, os.path.join(out_dir, SPOOL),
+                                                                block_size or DEFAULT_BLOCK, threads))
+        try:
+            key = _run_key(item.input, spec.name, network, options)
+            if _finished(item.out_dir, key, polygons):
+                item.skipped = True
+                report(i, 1.0)
+                log(f"{item.input}: finished by an earlier run with the same model and settings; skipped")
+                return
+            item.result = _segment_one(item, (network, spec), opts, polygons, key,
+                                       lambda f: report(i, f), log)
+        except (LandcoverError, OSError, RuntimeError) as exc:
+            item.error = str(exc) or type(exc).__name__
+            log(f"{item.input}: failed: {item.error}")
+            if os.path.isdir(item.out_dir) and not os.listdir(item.out_dir) and item.out_dir != out_dir:
+                os.rmdir(item.out_dir)  # made for it, left empty
+        report(i, 1.0)
+
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, min(len(paths), workers or (8 if scheduler else 1)))) as pool:
+            list(pool.map(run, range(len(paths))))
+    finally:
+        if client is not None:
+            cluster = getattr(client, "cluster", None)
+            client.close()
+            if cluster is not None and workers:
+                cluster.close()
+        spool = os.path.join(out_dir, SPOOL)
+        if os.path.isdir(spool) and not os.listdir(spool):
+            os.rmdir(spool)
+    return results
+
+
+def _segment_one(item: InputResult, model, options, polygons: bool, key: str, progress, log):
+    from .report import write_area_report
+    from .segment import segment
+
+    os.makedirs(item.out_dir, exist_ok=True)
+    out = os.path.join
+    result = segment(item.input, out(item.out_dir, "classes.tif"), model,
+                     confidence_path=out(item.out_dir, "confidence.tif"),
+                     vector_path=out(item.out_dir, "landcover.gpkg") if polygons else None, options=options,
+                     progress=progress, log=lambda m: log(f"{os.path.basename(item.input)}: {m}"))
+    tmp = out(item.out_dir, ".areas.part.csv")
+    write_area_report(tmp, result.areas, result.area_units, item.input, {})
+    os.replace(tmp, out(item.out_dir, "areas.csv"))
+    with open(out(item.out_dir, DONE), "w") as fh:
+        json.dump({"key": key, "input": item.input}, fh)
+    return result
