@@ -166,11 +166,31 @@ def run_blocks(job: PartJob, parts: list[Part], write, progress, cancel, log, cl
 _PREDICTORS: dict = {}  # a worker's predictors, built once for the network it was sent
 
 
+def _worker_device(device: str) -> str:
+    """auto on a machine with several GPUs and several local workers (LocalCluster names them 0, 1...): a GPU
+    each, in turn. dask-cuda gives each worker one visible GPU, and a worker per machine sees its own."""
+    if device != "auto":
+        return device
+    from .device import torch_or_error
+
+    torch = torch_or_error()
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count < 2:
+        return device
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+    except (ImportError, ValueError):
+        return device
+    return f"cuda:{name % count}" if isinstance(name, int) else device
+
+
 def _block(job: PartJob, part: Part, network) -> list:
     """A task: the block's finished rows, (row0, arrays) a block row."""
     from .device import choose_precision, resolve_device
 
-    device = resolve_device(part.device)
+    device = resolve_device(_worker_device(part.device))
     if job.precision == "auto":  # this worker's choice for its device (int8 is compiled only where asked for)
         job = dataclasses.replace(job, precision=choose_precision(device, "auto", int8_pays=False))
     chunks = []

@@ -151,8 +151,9 @@ def segment_many(inputs, out_dir: str, model=None, options=None, workers: int | 
         item = results[i]
         opts = options
         if client is not None:
+            device = options.device if options.device in ("auto", "cpu", "cuda") else "auto"  # lists: per worker
             opts = dataclasses.replace(options, cluster=Cluster(client, os.path.join(out_dir, SPOOL),
-                                                                block_size or DEFAULT_BLOCK, threads))
+                                                                block_size or DEFAULT_BLOCK, threads, device))
         try:
             key = _run_key(item.input, spec.name, network, options)
             if _finished(item.out_dir, key, polygons):

@@ -87,14 +87,18 @@ def test_one_raster_in_four_blocks_equals_one_process(cluster, tall, model, tmp_
     from distributed import Client
 
     logs = []
-    one = segment(tall, str(tmp_path / "one.tif"), model, options=OPTIONS)
+    one = segment(tall, str(tmp_path / "one.tif"), model, options=OPTIONS, vector_path=str(tmp_path / "one.gpkg"))
     with Client(cluster.scheduler_address) as client:
-        blocks = segment(tall, str(tmp_path / "blocks.tif"), model, options=SegmentOptions(
-            precision="fp32", min_area=2.0, device="cpu",
-            cluster=Cluster(client, str(tmp_path / "spool"), block_size=443)), log=logs.append)
+        blocks = segment(tall, str(tmp_path / "blocks.tif"), model, vector_path=str(tmp_path / "blocks.gpkg"),
+                         options=SegmentOptions(precision="fp32", min_area=2.0, device="cpu",
+                                                cluster=Cluster(client, str(tmp_path / "spool"), block_size=443)),
+                         log=logs.append)
     assert any("4 block(s) of rows" in m for m in logs)
     assert (_read(one.class_path) == _read(blocks.class_path)).all()
     assert [a.pixels for a in one.areas] == [a.pixels for a in blocks.areas]
+    # regions across block borders are one polygon each, with the whole region's area
+    (count_a, areas_a), (count_b, areas_b) = _polygons(one.vector_path), _polygons(blocks.vector_path)
+    assert count_a == count_b and all(areas_b[k] == pytest.approx(areas_a[k], rel=1e-4) for k in areas_a)
 
 
 def test_a_rerun_skips_the_blocks_an_interrupted_run_finished(cluster, tall, model, tmp_path):

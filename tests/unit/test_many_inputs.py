@@ -33,3 +33,20 @@ def test_inputs_from_files_folders_and_globs_each_once(tmp_path):
 def test_one_input_writes_in_the_folder_several_under_their_stems():
     assert output_dirs(["/d/a.tif"], "/out") == ["/out"]
     assert output_dirs(["/d/a.tif", "/e/a.tif", "/d/b.vrt"], "/out") == ["/out/a", "/out/a_2", "/out/b"]
+
+
+def test_local_workers_take_a_gpu_each_in_turn(monkeypatch):
+    import types
+
+    import torch
+
+    from landcover_plugin.core import cluster
+
+    distributed = pytest.importorskip("distributed")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(distributed, "get_worker", lambda: types.SimpleNamespace(name=3))
+    assert cluster._worker_device("auto") == "cuda:1"
+    assert cluster._worker_device("cpu") == "cpu"
+    monkeypatch.setattr(distributed, "get_worker", lambda: types.SimpleNamespace(name="gpu-node-7"))
+    assert cluster._worker_device("auto") == "auto"  # a worker per machine: its own GPU
