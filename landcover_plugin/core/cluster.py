@@ -36,6 +36,7 @@ class Cluster:
     block_size: int = DEFAULT_BLOCK
     threads: int = 0
     device: str = "auto"  # on each worker: its GPU where it has one
+    network: object = None  # the network already scattered to the workers (a Future), for many rasters
 
 
 MIN_TILES = 4  # a block is at least this many tiles tall: each block also runs the strip of windows above it
@@ -122,7 +123,9 @@ def run_blocks(job: PartJob, parts: list[Part], write, progress, cancel, log, cl
         f"{client.dashboard_link}); {len(parts) - len(todo)} already done, kept in {spool.folder}.")
     pending = {}
     if todo:
-        network = client.scatter(job.network, broadcast=True)
+        # a key of its own each time: rescattering equal data under the hash key it had before, while the
+        # workers still release it, left two workers gathering from each other for minutes
+        network = cluster.network or client.scatter(job.network, broadcast=True, hash=False)
         light = dataclasses.replace(job, network=None)
         pending = {client.submit(_block, light, part, network, pure=False): part for part in todo}
     done = 0

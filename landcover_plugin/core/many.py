@@ -138,6 +138,7 @@ def segment_many(inputs, out_dir: str, model=None, options=None, workers: int | 
             for r in results:
                 r.error = str(exc)
             return results
+    scattered = client.scatter(network, broadcast=True, hash=False) if client is not None else None
     fractions = [0.0] * len(paths)
     lock = threading.Lock()
 
@@ -153,7 +154,8 @@ def segment_many(inputs, out_dir: str, model=None, options=None, workers: int | 
         if client is not None:
             device = options.device if options.device in ("auto", "cpu", "cuda") else "auto"  # lists: per worker
             opts = dataclasses.replace(options, cluster=Cluster(client, os.path.join(out_dir, SPOOL),
-                                                                block_size or DEFAULT_BLOCK, threads, device))
+                                                                block_size or DEFAULT_BLOCK, threads, device,
+                                                                scattered))
         try:
             key = _run_key(item.input, spec.name, network, options)
             if _finished(item.out_dir, key, polygons):

@@ -216,7 +216,8 @@ def run_rows(job: PartJob, part: Part, emit, progress, stop, network=None, predi
         if predictor is None:
             predictor = Predictor(network, job.mean, job.std, blend_weights(job.tile, job.overlap), device, batch,
                                   job.tta, job.precision)
-            if predictors is not None:
+            if predictors is not None:  # one kept: a worker given another network has no use for the last
+                predictors.clear()
                 predictors[key] = predictor
         sink = job.plan.build(emit, job.tile, device, part.rows)
         slide(reader, predictor, job.classes, job.tile, job.overlap, sink, progress, stop, watch,

@@ -22,6 +22,19 @@ OPTIONS = SegmentOptions(precision="fp32", min_area=2.0, device="cpu")
 # thread counts round sums differently, and a near-tie between two classes can flip (bench.py cluster).
 
 
+@pytest.fixture(autouse=True)
+def time_limit():
+    """A cluster that stops answering fails its test instead of holding up the suite."""
+    def stop(signum, frame):
+        raise TimeoutError("the Dask cluster test took over 180 s")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(180)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
 @pytest.fixture(scope="module")
 def cluster():
     from distributed import LocalCluster
