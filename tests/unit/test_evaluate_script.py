@@ -49,10 +49,15 @@ def test_segment_script_writes_every_output(tmp_path):
     if "No bundled default model" in out.stderr:
         pytest.skip("no bundled default model")
     assert out.returncode == 0, out.stderr
-    assert sorted(os.listdir(tmp_path)) == ["areas.csv", "classes.tif", "classes.tif.aux.xml", "confidence.tif",
-                                            "landcover.gpkg"]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert sum(a["pixels"] for a in result["areas"]) == 768 * 768
+    assert sorted(os.listdir(tmp_path)) == [".landcover_done.json", "areas.csv", "classes.tif", "classes.tif.aux.xml",
+                                            "confidence.tif", "landcover.gpkg"]
+    result = json.loads(out.stdout.strip().splitlines()[-1])["inputs"][0]
+    assert result["error"] is None and sum(a["pixels"] for a in result["areas"]) == 768 * 768
+    with open(tmp_path / "areas.csv") as fh:  # the same table as the plugin's CSV report
+        assert fh.readline().strip() == "class_id,class_name,pixels,area_pixels,percent"
+    again = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "segment.py"), FIXTURE, str(tmp_path),
+                            "--min-area", "4"], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "already done" in again.stdout  # same model and settings: not rerun
 
 
 def test_bench_reports_every_stage_and_the_onnx_ratio(tmp_path):
