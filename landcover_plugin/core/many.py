@@ -126,6 +126,7 @@ def segment_many(inputs, out_dir: str, model=None, options=None, workers: int | 
 
     paths = expand_inputs(inputs)
     dirs = output_dirs(paths, out_dir)
+    made = not os.path.isdir(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     network, spec = model if isinstance(model, tuple) else load_model(resolve_model_path(model))
     options = options or SegmentOptions()
@@ -137,6 +138,8 @@ def segment_many(inputs, out_dir: str, model=None, options=None, workers: int | 
         except InputError as exc:
             for r in results:
                 r.error = str(exc)
+            if made:
+                os.rmdir(out_dir)
             return results
     scattered = client.scatter(network, broadcast=True, hash=False) if client is not None else None
     fractions = [0.0] * len(paths)
@@ -165,8 +168,8 @@ def segment_many(inputs, out_dir: str, model=None, options=None, workers: int | 
                 return
             item.result = _segment_one(item, (network, spec), opts, polygons, key,
                                        lambda f: report(i, f), log)
-        except (LandcoverError, OSError, RuntimeError) as exc:
-            item.error = str(exc) or type(exc).__name__
+        except Exception as exc:  # noqa: BLE001 (an input's failure is its own: the others go on)
+            item.error = str(exc) if isinstance(exc, LandcoverError) else f"{type(exc).__name__}: {exc}"
             log(f"{item.input}: failed: {item.error}")
             if os.path.isdir(item.out_dir) and not os.listdir(item.out_dir) and item.out_dir != out_dir:
                 os.rmdir(item.out_dir)  # made for it, left empty
@@ -181,9 +184,9 @@ def segment_many(inputs, out_dir: str, model=None, options=None, workers: int | 
             client.close()
             if cluster is not None and workers:
                 cluster.close()
-        spool = os.path.join(out_dir, SPOOL)
-        if os.path.isdir(spool) and not os.listdir(spool):
-            os.rmdir(spool)
+        for folder in (os.path.join(out_dir, SPOOL), out_dir if made else None):
+            if folder and os.path.isdir(folder) and not os.listdir(folder):
+                os.rmdir(folder)  # made here and left empty: nothing came of the run
     return results
 
 

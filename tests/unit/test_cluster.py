@@ -173,3 +173,4 @@ def test_bad_inputs_are_reported_each_and_the_others_finish(rasters, model, tmp_
     results = segment_many(rasters[:2], str(tmp_path / "nowhere"), model, OPTIONS, scheduler="tcp://127.0.0.1:9",
                            log=lambda m: None)
     assert all("cannot be reached" in r.error for r in results)
+    assert not os.path.exists(tmp_path / "nowhere")  # nothing left of a run that could not start
