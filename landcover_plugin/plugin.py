@@ -7,9 +7,8 @@ import os
 from qgis.core import QgsApplication
 
 from . import installer
+from .resources import ICON
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ICON = os.path.join(HERE, "icon.svg")
 MENU = "&Land cover"
 
 

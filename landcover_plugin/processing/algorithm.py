@@ -5,7 +5,7 @@ from qgis.core import QgsProcessingAlgorithm, QgsProcessingParameterDefinition, 
 from qgis.PyQt.QtCore import QCoreApplication, QVariant
 from qgis.PyQt.QtGui import QIcon
 
-from .provider import ICON
+from ..resources import ICON
 
 TR_CONTEXT = "landcover"  # the context of the plugin's strings in a .ts/.qm translation
 DEVICES = ["auto", "cpu", "cuda"]  # the DEVICE enum of every algorithm, in this order

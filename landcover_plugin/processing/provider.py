@@ -1,13 +1,11 @@
 """The Processing provider `landcover`."""
 from __future__ import annotations
 
-import os
-
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
-ICON = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "icon.svg")
+from ..resources import ICON
 
 
 class LandcoverProvider(QgsProcessingProvider):

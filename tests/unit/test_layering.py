@@ -1,0 +1,106 @@
+"""The package's boundaries, read from its imports: core never imports qgis (nor the QGIS side), what the
+plugin imports when QGIS loads it never imports torch at module level, and no module imports itself back."""
+import ast
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PACKAGE = os.path.join(ROOT, "landcover_plugin")
+
+
+def _module_name(path: str) -> str:
+    rel = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".")
+    return rel[:-len(".__init__")] if rel.endswith(".__init__") else rel
+
+
+def _imports(path: str, top_level_only: bool) -> set[str]:
+    """Modules `path` imports (relative imports resolved); with top_level_only, those run at import time:
+    not inside functions."""
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    package = _module_name(path).rsplit(".", 1)[0] if not path.endswith("__init__.py") else _module_name(path)
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    found = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+                found |= {f"{module}.{a.name}" for a in node.names} | {module}
+            else:
+                found.add(node.module)
+    return found
+
+
+def _sources():
+    for folder, _, files in os.walk(PACKAGE):
+        for name in files:
+            if name.endswith(".py"):
+                yield os.path.join(folder, name)
+
+
+MODULES = {_module_name(p): p for p in _sources()}
+
+
+def _known(names) -> set[str]:
+    """The package's own modules among import names (a name may be a module or something in one)."""
+    own = set()
+    for name in names:
+        while name and name not in MODULES:
+            name = name.rpartition(".")[0]
+        if name:
+            own.add(name)
+    return own
+
+
+def test_core_never_imports_qgis_nor_the_qgis_side():
+    for module, path in MODULES.items():
+        if module.startswith("landcover_plugin.core"):
+            bad = {n for n in _imports(path, top_level_only=False)
+                   if n.split(".")[0] in ("qgis", "processing") or n.startswith(("landcover_plugin.processing",
+                                                                                  "landcover_plugin.plugin"))}
+            assert not bad, f"{module} imports {sorted(bad)}"
+
+
+def test_what_qgis_loads_imports_no_torch_at_module_level():
+    """QGIS imports the plugin and its provider's algorithms when it starts, torch or not: torch (and what
+    imports it at module level) waits until an algorithm runs."""
+    start = ["landcover_plugin", "landcover_plugin.plugin", "landcover_plugin.processing.provider",
+             "landcover_plugin.processing.segment_algorithm", "landcover_plugin.processing.train_algorithm",
+             "landcover_plugin.processing.evaluate_algorithm"]
+    seen, todo = set(), list(start)
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        names = _imports(MODULES[module], top_level_only=True)
+        assert not {n for n in names if n.split(".")[0] == "torch"}, f"{module} imports torch when QGIS loads it"
+        todo += _known(names) - seen
+    assert "landcover_plugin.core.device" in seen  # the check reaches into the engine
+
+
+def _cycle_free(graph) -> None:
+    graph = {m: {d for d in deps if not m.startswith(d + ".")} for m, deps in graph.items()}  # own __init__
+    state = {}
+
+    def visit(module, path):
+        state[module] = "open"
+        for dep in graph.get(module, ()):
+            assert state.get(dep) != "open", "import cycle: " + " -> ".join(path + [dep])
+            if dep not in state:
+                visit(dep, path + [dep])
+        state[module] = "done"
+
+    for module in graph:
+        if module not in state:
+            visit(module, [module])
+
+
+def test_no_import_cycles():
+    """None at module level anywhere; none at all on the QGIS side (provider, algorithms), where a lazy
+    import inside a method once closed one (provider -> algorithms -> algorithm.py -> provider)."""
+    _cycle_free({m: _known(_imports(p, top_level_only=True)) - {m} for m, p in MODULES.items()})
+    qgis_side = {m: p for m, p in MODULES.items() if m.startswith(("landcover_plugin.processing",
+                                                                   "landcover_plugin.plugin"))}
+    _cycle_free({m: _known(_imports(p, top_level_only=False)) & set(qgis_side) - {m} for m, p in qgis_side.items()})
