@@ -53,7 +53,7 @@ test-unit: venv
 	$(PY) -m pytest -q tests/unit
 
 test: venv lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -rs tests
 
 # The main job as users run it headless: landcover:segment through qgis_process, on the
 # bundled sample image with the bundled model. QGIS's embedded Python gets the venv's

@@ -147,3 +147,32 @@ def has_gdal_bindings() -> bool:
 
 
 needs_gdal = pytest.mark.skipif(not has_gdal_bindings(), reason="polygons need GDAL's Python bindings")
+
+
+# What may skip: CUDA tests without (or with) a GPU, and tests of an optional package or tool that is not
+# installed. Any other skip (the bundled model missing, say) means a check did not run: make test fails.
+ALLOWED_SKIPS = ("needs a CUDA GPU", "this machine has CUDA", "could not import", "is missing", "is not installed",
+                 "GDAL's Python bindings", "../shared/data is not here", "no local torch 2.13.0 wheel")
+_SKIPPED = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _SKIPPED.append((report.nodeid, reason))
+
+
+def unexpected_skips(skipped) -> list[str]:
+    return [f"{node}: {reason}" for node, reason in skipped if not any(a in reason for a in ALLOWED_SKIPS)]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    unexpected = unexpected_skips(_SKIPPED)
+    if unexpected:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line("Skipped for a reason that is not a missing GPU or optional package:", red=True)
+            for line in unexpected:
+                reporter.write_line("  " + line)
+        if exitstatus == 0:
+            session.exitstatus = 1
