@@ -59,13 +59,16 @@ def job_key(job: PartJob, parts: list[Part]) -> str:
     """What makes two runs' blocks interchangeable: the input file as it is now, the network's weights,
     and every setting that changes a block's rows."""
     digest = hashlib.sha256()
-    path = job.input_path
-    stat = os.stat(path) if os.path.exists(path) else None
-    light = dataclasses.replace(job, network=None)
-    digest.update(repr((os.path.abspath(path) if stat else path, stat and (stat.st_size, stat.st_mtime_ns), light,
-                        [p.rows for p in parts])).encode())
+    add_input(digest, job.input_path)
+    digest.update(repr((dataclasses.replace(job, network=None), [p.rows for p in parts])).encode())
     add_weights(digest, job.network)
     return digest.hexdigest()[:24]
+
+
+def add_input(digest, path: str) -> None:
+    """Feed an input raster as it is now to a digest: its path and, for a local file, its size and time."""
+    stat = os.stat(path) if os.path.exists(path) else None
+    digest.update(repr((os.path.abspath(path) if stat else path, stat and (stat.st_size, stat.st_mtime_ns))).encode())
 
 
 def add_weights(digest, network) -> None:

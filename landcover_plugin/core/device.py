@@ -54,9 +54,13 @@ def resolve_device(name: str):
     if name == "cpu":
         # torch defaults to the physical cores it detects; a container may show
         # more logical CPUs than it is allowed to use.
-        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        torch.set_num_threads(max(1, n))
+        torch.set_num_threads(usable_cores())
     return torch.device(name)
+
+
+def usable_cores() -> int:
+    """The CPUs this process may run on (a container may show more than it is allowed to use)."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
 def describe(device) -> str:

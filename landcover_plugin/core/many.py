@@ -69,13 +69,11 @@ def output_dirs(inputs: list[str], out_dir: str) -> list[str]:
 
 def _run_key(path: str, spec_name: str, network, options) -> str:
     """The input as it is now, the model's weights and the settings: what makes earlier outputs reusable."""
-    from .cluster import add_weights
+    from .cluster import add_input, add_weights
 
     digest = hashlib.sha256()
-    stat = os.stat(path) if os.path.exists(path) else None
-    light = dataclasses.replace(options, cluster=None)
-    digest.update(repr((os.path.abspath(path) if stat else path, stat and (stat.st_size, stat.st_mtime_ns),
-                        spec_name, light)).encode())
+    add_input(digest, path)
+    digest.update(repr((spec_name, dataclasses.replace(options, cluster=None))).encode())
     add_weights(digest, network)
     return digest.hexdigest()[:24]
 
@@ -94,6 +92,8 @@ def connect(workers: int | None = None, scheduler: str | None = None, log: Calla
     """(client, threads per worker): a local cluster of `workers` processes, or the cluster at `scheduler`."""
     import logging
 
+    from .device import usable_cores
+
     try:
         from distributed import Client, LocalCluster
     except ImportError:
@@ -107,10 +107,9 @@ def connect(workers: int | None = None, scheduler: str | None = None, log: Calla
                              "and that the scheduler runs.") from None
         threads = 0
     else:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0")
         client = Client(cluster)
-        threads = max(1, cores // workers)
+        threads = max(1, usable_cores() // workers)
     log(f"Dask cluster {client.scheduler.address}: {len(client.scheduler_info()['workers'])} worker(s); "
         f"dashboard {client.dashboard_link}")
     return client, threads

@@ -10,7 +10,6 @@ QGIS would carry its whole GUI along.
 """
 from __future__ import annotations
 
-import os
 import queue
 import time
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from .device import auto_batch, read_threads, torch_or_error
+from .device import auto_batch, read_threads, torch_or_error, usable_cores
 from .errors import Cancelled, InputError
 from .interpreter import python_program
 from .reader import Region
@@ -62,7 +61,7 @@ def split_rows(height: int, devices: list[str], block: int, cores: int | None = 
     starts = sorted({min(height, round(height * i / n / block) * block) for i in range(n)} | {0})
     bounds = [s for s in starts if s < height] + [height]
     if not cores:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = usable_cores()
     used = devices[:len(bounds) - 1]
     cpu_parts = sum(d == "cpu" for d in used)
     threads = max(1, cores // cpu_parts) if cpu_parts else 0
