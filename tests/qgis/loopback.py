@@ -3,7 +3,6 @@ HTTP range requests (what GDAL's /vsicurl/ reads a cloud-optimized GeoTIFF with)
 from __future__ import annotations
 
 import http.server
-import math
 import os
 import threading
 
@@ -103,7 +102,3 @@ class LoopbackServer:
         self._server.shutdown()
         self._server.server_close()
 
-
-def metres_per_unit_3857(lat_deg: float) -> float:
-    """Ground metres in one Web Mercator unit at a latitude (on the sphere the projection assumes)."""
-    return math.cos(math.radians(lat_deg))
