@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# g++ and python3-dev: Inductor compiles the int8 network for the CPU (landcover_plugin/core/quantize.py)
+# g++ and python3-dev: Inductor compiles the int8 network for the CPU (landcover_plugin/core/model/quantize.py)
 APT_PACKAGES := qgis python3-qgis qgis-providers gdal-bin python3-gdal python3-rasterio python3-matplotlib xvfb \
 	g++ python3-dev
 export QT_QPA_PLATFORM ?= offscreen

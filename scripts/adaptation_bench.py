@@ -78,8 +78,8 @@ def prepare(args, classes) -> dict:
     from rasterio.transform import from_origin
     from sparse_labels import sparse_polygons, write_polygons
 
-    from landcover_plugin.core.pairs import pairs_from
-    from landcover_plugin.core.train_data import read_image
+    from landcover_plugin.core.io.pairs import pairs_from
+    from landcover_plugin.core.training.data import read_image
 
     lut = _lut(args.map)
     pairs = pairs_from(args.images, args.masks)
@@ -127,8 +127,8 @@ def random_forest(data: dict, classes, out_path: str, seed: int) -> float:
     import rasterio
     from sklearn.ensemble import RandomForestClassifier
 
-    from landcover_plugin.core.outputs import set_category_names, write_class_styling
-    from landcover_plugin.core.train_data import rasterize_labels
+    from landcover_plugin.core.io.labels import rasterize_labels
+    from landcover_plugin.core.io.outputs import set_category_names, write_class_styling
 
     started = time.perf_counter()
     xs, ys = [], []
@@ -179,7 +179,7 @@ def start_qgis():
 def main(argv=None) -> int:
     args = parse_args(argv)
     _common.setup(quiet=True)
-    from landcover_plugin.core.classes import DEFAULT_CLASSES, parse_classes
+    from landcover_plugin.core.model.classes import DEFAULT_CLASSES, parse_classes
 
     classes = DEFAULT_CLASSES if args.map or not args.classes else parse_classes(json.load(open(args.classes)))
     data = prepare(args, classes)

@@ -18,10 +18,10 @@ def main(argv=None) -> int:
     _common.setup(quiet=True)
     import rasterio
 
-    from landcover_plugin.core.areas import class_areas, format_area_table
-    from landcover_plugin.core.classes import DEFAULT_CLASSES
-    from landcover_plugin.core.evaluation import raster_classes
-    from landcover_plugin.core.geo import ground_geometry
+    from landcover_plugin.core.evaluation.evaluation import raster_classes
+    from landcover_plugin.core.io.geo import ground_geometry
+    from landcover_plugin.core.model.classes import DEFAULT_CLASSES
+    from landcover_plugin.core.vector.areas import class_areas, format_area_table
 
     with rasterio.open(args[0]) as ds:
         geometry = ground_geometry(ds.crs, ds.transform, ds.height, ds.width)

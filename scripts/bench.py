@@ -54,9 +54,10 @@ def random_model(base_width: int, depth: int, tile: int, overlap: int, seed: int
     import rasterio
     import torch
 
-    from landcover_plugin.core.classes import DEFAULT_CLASSES
-    from landcover_plugin.core.model_file import ModelSpec, build_network
-    from landcover_plugin.core.unet import fit_batchnorm
+    from landcover_plugin.core.model.classes import DEFAULT_CLASSES
+    from landcover_plugin.core.model.model_file import build_network
+    from landcover_plugin.core.model.spec import ModelSpec
+    from landcover_plugin.core.model.unet import fit_batchnorm
 
     torch.manual_seed(seed)
     spec = ModelSpec(classes=DEFAULT_CLASSES, bands=(1, 2, 3), mean=(110.0, 110.0, 100.0), std=(50.0, 45.0, 45.0),
@@ -138,7 +139,7 @@ def cmd_memory(args) -> dict:
 def cmd_agreement(args) -> dict:
     import rasterio
 
-    from landcover_plugin.core.model_file import load_model
+    from landcover_plugin.core.model.model_file import load_model
     from landcover_plugin.core.segment import SegmentOptions, segment
 
     model = load_model(args.model) if args.model else random_model(args.base_width, args.depth, 512, args.overlap)
@@ -184,11 +185,12 @@ def cmd_model(args) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from landcover_plugin.core.device import amp_dtype, resolve_device
+    from landcover_plugin.core.model.device import amp_dtype, resolve_device
 
     device = resolve_device(args.device)
     if args.model:  # a real model needs no fixture (and so no rasterio): a GPU image may lack it
-        from landcover_plugin.core.model_file import load_model, resolve_model_path
+        from landcover_plugin.core.model.bundled import resolve_model_path
+        from landcover_plugin.core.model.model_file import load_model
 
         net, spec = load_model(resolve_model_path(args.model))
         args.base_width, args.depth = spec.base_width, spec.depth
@@ -238,7 +240,7 @@ def make_class_raster(path: str, size: int, seed: int = 0) -> str:
     from rasterio.transform import from_origin
     from rasterio.windows import Window
 
-    from landcover_plugin.core.outputs import class_profile
+    from landcover_plugin.core.io.outputs import class_profile
 
     rng = np.random.default_rng(seed)
     coarse = rng.integers(0, 5, (size // 32 + 2, size // 32 + 2)).astype(np.uint8)
@@ -261,9 +263,9 @@ def _child_polygons(args) -> int:
     _common.setup(quiet=True)
     import rasterio
 
-    from landcover_plugin.core.classes import DEFAULT_CLASSES
-    from landcover_plugin.core.geo import ground_geometry
-    from landcover_plugin.core.vectorize import sieve, vectorize
+    from landcover_plugin.core.io.geo import ground_geometry
+    from landcover_plugin.core.model.classes import DEFAULT_CLASSES
+    from landcover_plugin.core.vector.vectorize import sieve, vectorize
 
     with rasterio.open(args.raster) as ds:
         geometry = ground_geometry(ds.crs, ds.transform, ds.height, ds.width)
@@ -336,9 +338,10 @@ def cmd_precision(args) -> dict:
     import numpy as np
     import rasterio
 
-    from landcover_plugin.core.metrics import confusion, scores
-    from landcover_plugin.core.model_file import load_model, resolve_model_path
-    from landcover_plugin.core.pairs import pair_files
+    from landcover_plugin.core.evaluation.metrics import confusion, scores
+    from landcover_plugin.core.io.pairs import pair_files
+    from landcover_plugin.core.model.bundled import resolve_model_path
+    from landcover_plugin.core.model.model_file import load_model
     from landcover_plugin.core.segment import SegmentOptions, segment
 
     net, spec = load_model(resolve_model_path(args.model))
@@ -390,9 +393,9 @@ def onnx_model_seconds(raster: str, model, tile: int, overlap: int, batch: int) 
     import torch
     from export_onnx import export
 
-    from landcover_plugin.core.model_file import save_model
-    from landcover_plugin.core.reader import Region, WindowReader
-    from landcover_plugin.core.windows import window_grid
+    from landcover_plugin.core.inference.windows import window_grid
+    from landcover_plugin.core.io.reader import Region, WindowReader
+    from landcover_plugin.core.model.model_file import save_model
 
     net, spec = model
     threads = torch.get_num_threads()
@@ -422,9 +425,9 @@ def onnx_model_seconds(raster: str, model, tile: int, overlap: int, batch: int) 
 def prepare_int8(model, tile: int, args) -> float | None:
     """Compile (or load) the int8 package a CPU run may use, as an earlier run would have: users pay
     it once, so the timed run shows the steady state. Seconds it took, or None where int8 cannot run."""
-    from landcover_plugin.core import quantize
-    from landcover_plugin.core.device import auto_batch, device_names, resolve_device
-    from landcover_plugin.core.unet import fused_for_inference
+    from landcover_plugin.core.model import quantize
+    from landcover_plugin.core.model.device import auto_batch, device_names, resolve_device
+    from landcover_plugin.core.model.unet import fused_for_inference
 
     net, spec = model
     device = resolve_device(device_names(args.device)[0])
@@ -463,7 +466,8 @@ def run_bench(argv) -> int:
     p.add_argument("--workdir", default=None)
     args = p.parse_args(argv)
     _common.setup(quiet=True)
-    from landcover_plugin.core.model_file import load_model, resolve_model_path
+    from landcover_plugin.core.model.bundled import resolve_model_path
+    from landcover_plugin.core.model.model_file import load_model
     from landcover_plugin.core.segment import SegmentOptions, segment
 
     model = random_model(args.base_channels, 4, args.tile or 512, args.overlap if args.overlap is not None else 64) \
@@ -583,7 +587,8 @@ def cmd_parts(args) -> dict:
     import numpy as np
     import rasterio
 
-    from landcover_plugin.core.model_file import load_model, resolve_model_path
+    from landcover_plugin.core.model.bundled import resolve_model_path
+    from landcover_plugin.core.model.model_file import load_model
     from landcover_plugin.core.segment import SegmentOptions, segment
 
     model = load_model(resolve_model_path(args.model))
@@ -620,8 +625,9 @@ def cmd_cluster(args) -> dict:
     import rasterio
     from distributed import Client, LocalCluster
 
-    from landcover_plugin.core.cluster import Cluster
-    from landcover_plugin.core.model_file import load_model, resolve_model_path
+    from landcover_plugin.core.inference.cluster import Cluster
+    from landcover_plugin.core.model.bundled import resolve_model_path
+    from landcover_plugin.core.model.model_file import load_model
     from landcover_plugin.core.segment import SegmentOptions, segment
 
     model = load_model(resolve_model_path(args.model))

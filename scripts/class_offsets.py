@@ -36,10 +36,10 @@ def log_probabilities(pairs, network, spec, device, stride: int):
     """Stride-sampled log-probabilities (pixels, classes) and references (pixels,) of image/mask pairs."""
     import numpy as np
 
-    from landcover_plugin.core.predictor import Predictor
-    from landcover_plugin.core.sliding import predict_probabilities
-    from landcover_plugin.core.train_data import load_pairs
-    from landcover_plugin.core.windows import blend_weights
+    from landcover_plugin.core.inference.sliding import predict_probabilities
+    from landcover_plugin.core.inference.windows import blend_weights
+    from landcover_plugin.core.model.predictor import Predictor
+    from landcover_plugin.core.training.data import load_pairs
 
     ids = [c.id for c in spec.classes]
     tile, overlap = spec.tile_size, spec.overlap
@@ -55,7 +55,7 @@ def log_probabilities(pairs, network, spec, device, stride: int):
 def mean_iou(logp, ref, offsets, ids, names) -> dict:
     import numpy as np
 
-    from landcover_plugin.core.metrics import confusion, scores
+    from landcover_plugin.core.evaluation.metrics import confusion, scores
 
     labels = np.asarray(ids, np.uint8)[np.argmax(logp + offsets, axis=1)]
     return scores(confusion(ref, labels, ids), names)
@@ -85,9 +85,10 @@ def main(argv=None) -> int:
     _common.setup(quiet=args.json)
     import numpy as np
 
-    from landcover_plugin.core.device import resolve_device
-    from landcover_plugin.core.model_file import load_model, resolve_model_path
-    from landcover_plugin.core.pairs import pairs_from
+    from landcover_plugin.core.io.pairs import pairs_from
+    from landcover_plugin.core.model.bundled import resolve_model_path
+    from landcover_plugin.core.model.device import resolve_device
+    from landcover_plugin.core.model.model_file import load_model
 
     network, spec = load_model(resolve_model_path(args.model))
     device = resolve_device(args.device)

@@ -45,9 +45,10 @@ def main(argv=None) -> int:
     import rasterio
 
     from landcover_plugin.core.errors import InputError
-    from landcover_plugin.core.metrics import confusion, scores
-    from landcover_plugin.core.model_file import load_model, resolve_model_path
-    from landcover_plugin.core.pairs import pairs_from
+    from landcover_plugin.core.evaluation.metrics import confusion, scores
+    from landcover_plugin.core.io.pairs import pairs_from
+    from landcover_plugin.core.model.bundled import resolve_model_path
+    from landcover_plugin.core.model.model_file import load_model
     from landcover_plugin.core.segment import SegmentOptions, segment
 
     pairs = pairs_from(args.images, args.masks)

@@ -50,8 +50,9 @@ def export(model_path, out: str, tile: int | None = None, opset: int = 17) -> st
     import onnx
     import torch
 
-    from landcover_plugin.core.model_file import load_model, resolve_model_path
-    from landcover_plugin.core.unet import fused_for_inference
+    from landcover_plugin.core.model.bundled import resolve_model_path
+    from landcover_plugin.core.model.model_file import load_model
+    from landcover_plugin.core.model.unet import fused_for_inference
 
     net, spec = load_model(resolve_model_path(model_path))
     tile = tile or spec.tile_size

@@ -45,8 +45,8 @@ def _calibration(folders: list[str], spec):
     """Calibration windows (a torch tensor) from folders of training images and their masks."""
     import torch
 
-    from landcover_plugin.core.pairs import pair_files
-    from landcover_plugin.core.train_data import calibration_windows, load_pairs
+    from landcover_plugin.core.io.pairs import pair_files
+    from landcover_plugin.core.training.data import calibration_windows, load_pairs
 
     items = load_pairs(pair_files(*folders), spec.bands, [c.id for c in spec.classes])
     return torch.from_numpy(calibration_windows(items))
@@ -59,13 +59,9 @@ def main(argv=None) -> int:
     from safetensors.torch import save_file
 
     from landcover_plugin.core.errors import InputError
-    from landcover_plugin.core.model_file import (
-        CALIBRATION_KEY,
-        METADATA_KEY,
-        PolygonDefaults,
-        read_spec,
-        resolve_model_path,
-    )
+    from landcover_plugin.core.model.bundled import resolve_model_path
+    from landcover_plugin.core.model.model_file import CALIBRATION_KEY, METADATA_KEY, read_spec
+    from landcover_plugin.core.model.spec import PolygonDefaults
 
     path = resolve_model_path(args.model)
     spec = read_spec(path)

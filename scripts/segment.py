@@ -52,10 +52,10 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     _common.setup(quiet=args.json)
-    from landcover_plugin.core.areas import format_area_table
     from landcover_plugin.core.errors import InputError
-    from landcover_plugin.core.many import segment_many
+    from landcover_plugin.core.inference.many import segment_many
     from landcover_plugin.core.segment import SegmentOptions
+    from landcover_plugin.core.vector.areas import format_area_table
 
     if args.workers is not None and args.workers < 1:
         raise InputError("--workers must be at least 1.")

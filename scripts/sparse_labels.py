@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     _common.setup()
-    from landcover_plugin.core.classes import DEFAULT_CLASSES, parse_classes
+    from landcover_plugin.core.model.classes import DEFAULT_CLASSES, parse_classes
 
     classes = parse_classes(json.load(open(args.classes)), args.classes) if args.classes else DEFAULT_CLASSES
     polygons, crs, covered = sparse_polygons(args.masks, args.share, args.seed, args.cell, args.min_pixels)

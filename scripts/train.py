@@ -87,7 +87,7 @@ def parse_args(argv=None):
 
 def _config(args, cuda: bool, extra: dict):
     """TrainConfig from the options given, the rest from the fine-tuning (--init) or from-scratch settings."""
-    from landcover_plugin.core.trainer import TrainConfig, fine_tuning_config
+    from landcover_plugin.core.training.trainer import TrainConfig, fine_tuning_config
 
     given = dict(tile=args.tile, batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs,
                  encoder_lr_factor=args.encoder_lr_factor, head_lr_factor=args.head_lr_factor,
@@ -118,10 +118,10 @@ def _config(args, cuda: bool, extra: dict):
 
 def _vector_items(args, classes, bands, init_spec):
     """Items of --raster/--vector pairs, the class table from the fields' values unless --classes gave one."""
-    from landcover_plugin.core.class_table import class_table
-    from landcover_plugin.core.train_data import class_values
-    from landcover_plugin.core.train_job import Labels, load_labelled, target_gsd
-    from landcover_plugin.core.trainer import Hooks
+    from landcover_plugin.core.io.class_table import class_table
+    from landcover_plugin.core.io.labels import class_values
+    from landcover_plugin.core.training.job import Labels, load_labelled, target_gsd
+    from landcover_plugin.core.training.trainer import Hooks
 
     labels = [Labels(vector=v, layer=args.layer, field=args.class_field) for v in args.vector]
     if classes is None:
@@ -136,13 +136,13 @@ def main(argv=None) -> int:
     _common.setup()
     import torch
 
-    from landcover_plugin.core.classes import DEFAULT_CLASSES, parse_classes
     from landcover_plugin.core.errors import InputError, ModelFileError
-    from landcover_plugin.core.label_split import spatial_split
-    from landcover_plugin.core.model_file import read_spec
-    from landcover_plugin.core.pairs import pair_files
-    from landcover_plugin.core.train_data import load_pairs, split
-    from landcover_plugin.core.trainer import train
+    from landcover_plugin.core.io.pairs import pair_files
+    from landcover_plugin.core.model.classes import DEFAULT_CLASSES, parse_classes
+    from landcover_plugin.core.model.model_file import read_spec
+    from landcover_plugin.core.training.data import load_pairs, split
+    from landcover_plugin.core.training.label_split import spatial_split
+    from landcover_plugin.core.training.trainer import train
 
     classes = None
     if args.classes:

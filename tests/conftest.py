@@ -33,8 +33,9 @@ def make_model(seed=0, base_width=8, depth=2, tile=128, overlap=32, gsd=None, cl
     """
     import torch
 
-    from landcover_plugin.core.classes import DEFAULT_CLASSES
-    from landcover_plugin.core.model_file import ModelSpec, build_network
+    from landcover_plugin.core.model.classes import DEFAULT_CLASSES
+    from landcover_plugin.core.model.model_file import build_network
+    from landcover_plugin.core.model.spec import ModelSpec
 
     torch.manual_seed(seed)
     spec = ModelSpec(classes=tuple(classes or DEFAULT_CLASSES), bands=(1, 2, 3), mean=(110.0, 110.0, 100.0),
@@ -42,7 +43,7 @@ def make_model(seed=0, base_width=8, depth=2, tile=128, overlap=32, gsd=None, cl
                      gsd=gsd)
     net = build_network(spec)
     if calibrate:
-        from landcover_plugin.core.unet import fit_batchnorm
+        from landcover_plugin.core.model.unet import fit_batchnorm
 
         x = torch.from_numpy(fixture_pixels()[:, :256, :256].astype(np.float32))[None]
         fit_batchnorm(net, (x - torch.tensor(spec.mean).view(1, 3, 1, 1)) / torch.tensor(spec.std).view(1, 3, 1, 1))
@@ -74,7 +75,7 @@ def write_raster(path, data, crs=None, transform=None, nodata=None, alpha=False,
 
 @pytest.fixture(scope="session")
 def model_file(tmp_path_factory):
-    from landcover_plugin.core.model_file import save_model
+    from landcover_plugin.core.model.model_file import save_model
 
     net, spec = make_model()
     path = tmp_path_factory.mktemp("model") / "small.safetensors"
@@ -85,7 +86,7 @@ def model_file(tmp_path_factory):
 @pytest.fixture(scope="session")
 def small_model(tmp_path_factory):
     """A random-weight U-Net (base width 8, depth 2, tile 64) on the five default classes: runs in seconds."""
-    from landcover_plugin.core.model_file import save_model
+    from landcover_plugin.core.model.model_file import save_model
 
     net, spec = make_model(tile=64, overlap=16)
     path = tmp_path_factory.mktemp("m") / "small.safetensors"

@@ -12,8 +12,18 @@ from typing import Callable
 import numpy as np
 import rasterio
 
-from . import outputs, quantize
-from .device import (
+from .errors import Cancelled, InputError
+from .inference.multidevice import PartJob, run_parts, split_rows
+from .inference.rowbuffer import BackgroundWriter
+from .inference.sinks import LabelWriter, SinkPlan, probability_writer
+from .inference.sliding import slide
+from .inference.windows import blend_weights
+from .io import outputs
+from .io.geo import ground_geometry
+from .io.reader import Region, WindowReader, read_valid
+from .model import quantize
+from .model.bundled import resolve_model_path
+from .model.device import (
     auto_batch,
     choose_precision,
     describe,
@@ -23,16 +33,9 @@ from .device import (
     torch_or_error,
     write_in_background,
 )
-from .errors import Cancelled, InputError
-from .geo import ground_geometry
-from .model_file import ModelSpec, load_model, resolve_model_path
-from .multidevice import PartJob, run_parts, split_rows
-from .reader import Region, WindowReader, read_valid
-from .rowbuffer import BackgroundWriter
-from .sinks import LabelWriter, SinkPlan, probability_writer
-from .sliding import slide
+from .model.model_file import load_model
+from .model.spec import ModelSpec
 from .stopwatch import Stopwatch
-from .windows import blend_weights
 
 logger = logging.getLogger("landcover")
 GSD_TOLERANCE = 0.10
@@ -145,15 +148,15 @@ def segment(input_path: str, class_path: str, model=None, confidence_path: str |
                                                cancel)
             infer_s = time.perf_counter() - t0
         outputs.set_category_names(tmp_class, spec.classes)
-        from .areas import class_areas
-        from .vectorize import sieve
+        from .vector.areas import class_areas
+        from .vector.vectorize import sieve
 
         min_area, simplify = polygon_settings(opts, spec, job.geometry, job.transform)
         if min_area > 0:
             with job.watch.stage("sieve"):
                 sieve(tmp_class, job.geometry.pixels_for_area(min_area))
         if want_polygons:
-            from .vectorize import regions, write_gpkg
+            from .vector.vectorize import regions, write_gpkg
 
             if polygon_writer is None:
                 tmp_vec = files.temp_for(vector_path)
@@ -308,7 +311,7 @@ class _Job:
         precision = choose_precision(device, self.opts.precision, int8_pays)
         cluster = self.opts.cluster
         if cluster is not None:
-            from .cluster import plan_blocks
+            from .inference.cluster import plan_blocks
 
             parts = plan_blocks(reader.height, reader.width, cluster.block_size, self.tile, cluster.device,
                                 cluster.threads)
@@ -338,7 +341,7 @@ class _Job:
                               self.tile, self.overlap, self.opts.batch_size, spec.base_width, self.opts.tta,
                               precision, spec.num_classes, plan, network)
             if cluster is not None:
-                from .cluster import run_blocks
+                from .inference.cluster import run_blocks
 
                 self.spool = run_blocks(job, parts, write, progress, cancel, self.log, cluster)
             elif len(parts) > 1:
@@ -379,7 +382,7 @@ class _Job:
 
     def _predictor(self, network, device, batch, precision):
         """(Predictor, precision that runs): an int8 network that cannot be compiled here falls back under auto."""
-        from .predictor import Predictor
+        from .model.predictor import Predictor
 
         spec = self.spec
         weights = blend_weights(self.tile, self.overlap)

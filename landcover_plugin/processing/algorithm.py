@@ -75,7 +75,8 @@ class LandcoverAlgorithm(QgsProcessingAlgorithm):
     def check_model(self, parameters, name: str, context) -> tuple[bool, str]:
         """A model parameter names a bundled model or a readable model file (its header only: no torch)."""
         from ..core.errors import LandcoverError
-        from ..core.model_file import read_spec, resolve_model_path
+        from ..core.model.bundled import resolve_model_path
+        from ..core.model.model_file import read_spec
 
         try:
             read_spec(resolve_model_path(self.parameterAsFile(parameters, name, context) or None))

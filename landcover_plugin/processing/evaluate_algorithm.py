@@ -69,11 +69,11 @@ class EvaluateAlgorithm(LandcoverAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         require_engine()
-        from ..core.classes import DEFAULT_CLASSES, LandClass
         from ..core.errors import Cancelled, LandcoverError
-        from ..core.evaluation import evaluate_classification, raster_classes
-        from ..core.report import write_evaluation_report
-        from ..core.train_data import rasterize_labels
+        from ..core.evaluation.evaluation import evaluate_classification, raster_classes
+        from ..core.evaluation.report import write_evaluation_report
+        from ..core.io.labels import rasterize_labels
+        from ..core.model.classes import DEFAULT_CLASSES, LandClass
 
         pred = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         ref = self.parameterAsLayer(parameters, self.REFERENCE, context)

@@ -13,7 +13,7 @@ from qgis.PyQt.QtWidgets import QComboBox, QHBoxLayout, QToolButton, QWidget
 
 def _bundled():
     try:
-        from ..core.model_file import bundled_models
+        from ..core.model.bundled import bundled_models
 
         return bundled_models()
     except Exception:  # a broken install must not stop the dialog from opening

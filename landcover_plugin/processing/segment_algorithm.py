@@ -25,7 +25,7 @@ from qgis.core import (
     QgsWkbTypes,
 )
 
-from ..core.device import PRECISIONS  # no torch at import
+from ..core.model.device import PRECISIONS  # no torch at import
 from .algorithm import DEVICES, LandcoverAlgorithm, model_parameter
 from .dependencies import require_engine
 from .layer_source import band_count, check_disk, fetch, grid_over, has_native_grid, is_local_file, remove, safe_source
@@ -37,7 +37,7 @@ SEGMENT_DEVICES = [*DEVICES, "cuda:all"]  # appended: a saved model's index of a
 def _bundled_models_summary() -> str:
     """The bundled models' names, classes and defaults for the help text (read from their metadata only)."""
     try:
-        from ..core.model_file import bundled_models
+        from ..core.model.bundled import bundled_models
 
         models = [(m, m.spec) for m in bundled_models()]
     except Exception as exc:  # unreadable: say so in the help
@@ -184,7 +184,8 @@ class SegmentAlgorithm(LandcoverAlgorithm):
         from rasterio.transform import from_bounds
 
         from ..core.errors import LandcoverError
-        from ..core.model_file import read_spec, resolve_model_path
+        from ..core.model.bundled import resolve_model_path
+        from ..core.model.model_file import read_spec
         from ..core.segment import chosen_bands, region_of_extent
 
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
@@ -220,7 +221,7 @@ class SegmentAlgorithm(LandcoverAlgorithm):
         if resolution is None and gsd:
             from rasterio.crs import CRS
 
-            from ..core.geo import map_resolution
+            from ..core.io.geo import map_resolution
 
             bounds = (extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum())
             try:
@@ -238,8 +239,9 @@ class SegmentAlgorithm(LandcoverAlgorithm):
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         require_engine()
         from ..core.errors import Cancelled, LandcoverError
-        from ..core.model_file import load_model, resolve_model_path
-        from ..core.report import write_area_report
+        from ..core.evaluation.report import write_area_report
+        from ..core.model.bundled import resolve_model_path
+        from ..core.model.model_file import load_model
         from ..core.segment import SegmentOptions, segment
 
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)

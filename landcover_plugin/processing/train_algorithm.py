@@ -124,8 +124,8 @@ class TrainAlgorithm(LandcoverAlgorithm):
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         require_engine()
         from ..core.errors import Cancelled, LandcoverError
-        from ..core.train_job import TrainJob, run
-        from ..core.trainer import Hooks
+        from ..core.training.job import TrainJob, run
+        from ..core.training.trainer import Hooks
 
         rasters = self._rasters(parameters, context)
         labels = self._labels(parameters, context, feedback)
@@ -175,7 +175,7 @@ class TrainAlgorithm(LandcoverAlgorithm):
         return paths
 
     def _labels(self, parameters, context, feedback):
-        from ..core.train_job import Labels
+        from ..core.training.job import Labels
 
         layer = self.parameterAsLayer(parameters, self.LABELS, context)
         if layer is None:

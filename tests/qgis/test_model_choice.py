@@ -14,9 +14,10 @@ from qgis.core import (
     QgsVectorLayer,
 )
 
-from landcover_plugin.core import model_file
-from landcover_plugin.core.classes import LandClass
-from landcover_plugin.core.model_file import PolygonDefaults, save_model
+from landcover_plugin.core.model import bundled, model_file
+from landcover_plugin.core.model.classes import LandClass
+from landcover_plugin.core.model.model_file import save_model
+from landcover_plugin.core.model.spec import PolygonDefaults
 
 BUILDING_CLASSES = (LandClass(0, "other", "#f2efe9"), LandClass(1, "building", "#d7301f"))
 
@@ -26,11 +27,11 @@ def models_dir(tmp_path, monkeypatch):
     folder = tmp_path / "models"
     folder.mkdir()
     net, spec = make_model(tile=64, overlap=16)
-    save_model(str(folder / model_file.DEFAULT_MODEL_NAME), net, replace(spec, name="Land cover"))
+    save_model(str(folder / bundled.DEFAULT_MODEL_NAME), net, replace(spec, name="Land cover"))
     net2, spec2 = make_model(tile=64, overlap=16, classes=BUILDING_CLASSES)
     save_model(str(folder / "buildings_osm.safetensors"), net2, replace(
         spec2, name="Buildings (OpenStreetMap)", polygons=PolygonDefaults((1,), 2.0, 0.3)))
-    monkeypatch.setattr(model_file, "MODELS_DIR", str(folder))
+    monkeypatch.setattr(bundled, "MODELS_DIR", str(folder))
     return folder
 
 
@@ -114,7 +115,7 @@ def test_an_unknown_model_name_is_refused_before_any_work(provider, models_dir, 
 
 def test_qgis_process_takes_a_bundled_model_name(raster, tmp_path):
     """The shipped buildings model, as a user runs it headless."""
-    found = {m.key for m in model_file.bundled_models()}
+    found = {m.key for m in bundled.bundled_models()}
     assert "buildings_osm" in found, "the buildings model ships with the plugin"
     r = qgis_process(["run", "landcover:segment", "--", f"INPUT={raster}", "MODEL=buildings_osm",
                       f"OUTPUT_RASTER={tmp_path / 'c.tif'}", f"OUTPUT_VECTOR={tmp_path / 'v.gpkg'}"], tmp_path)

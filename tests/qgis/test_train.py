@@ -15,7 +15,7 @@ from qgis.core import (
 )
 from rasterio.transform import from_origin
 
-from landcover_plugin.core.model_file import load_model, read_spec
+from landcover_plugin.core.model.model_file import load_model, read_spec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN_PARAMS = ["INPUT", "LABELS", "CLASS_FIELD", "INIT_MODEL", "FROM_SCRATCH", "VALIDATION", "MAX_MINUTES", "EPOCHS",
@@ -97,7 +97,7 @@ def test_sparse_polygons_by_name_in_another_crs(provider, sample, start_model, t
     for needed in ("Confusion matrix, trained model", "starting model IoU", "woodland/vegetation", "<svg"):
         assert needed in html
     # The polygons are where the labels are: each polygon's pixels on the sample's grid hold its class.
-    from landcover_plugin.core.train_data import rasterize_labels
+    from landcover_plugin.core.io.labels import rasterize_labels
 
     labels = rasterize_labels(image, POLYGONS, "class", spec.classes)
     with rasterio.open(mask) as ds:
@@ -118,7 +118,7 @@ def test_sparse_polygons_by_name_in_another_crs(provider, sample, start_model, t
 def test_ids_named_and_coloured_by_the_layer_style(provider, sample, start_model, tmp_path):
     """A scratch layer (memory provider) of class ids with a categorized style: its labels and colours make
     the class table."""
-    from landcover_plugin.core.classes import LandClass
+    from landcover_plugin.core.model.classes import LandClass
     from landcover_plugin.processing.styling import categorized_renderer
 
     image, _ = sample

@@ -47,7 +47,7 @@ def _classes(path):
 
 def _reference(ortho, grid_ds, model, tmp_path):
     """The engine's classes for the ortho warped by GDAL onto the output's grid: where the tiles should land."""
-    from landcover_plugin.core.model_file import load_model
+    from landcover_plugin.core.model.model_file import load_model
     from landcover_plugin.core.segment import segment
 
     with rasterio.open(ortho) as src:
@@ -90,7 +90,7 @@ def test_xyz_layer_read_at_the_resolution_asked(provider, xyz, ortho, small_mode
 
 
 def test_xyz_resolution_defaults_to_the_models_ground_resolution(provider, xyz, tmp_path):
-    from landcover_plugin.core.model_file import save_model
+    from landcover_plugin.core.model.model_file import save_model
 
     net, spec = make_model(tile=64, overlap=16, gsd=0.5)
     model = str(tmp_path / "gsd.safetensors")

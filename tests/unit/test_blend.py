@@ -3,11 +3,11 @@ import pytest
 import torch
 from conftest import cuda, fixture_pixels, make_model
 
-from landcover_plugin.core.blend import StripBlender
-from landcover_plugin.core.predictor import Predictor
-from landcover_plugin.core.rowbuffer import RowBuffer
-from landcover_plugin.core.sliding import predict_array, predict_probabilities
-from landcover_plugin.core.windows import blend_weights, window_grid
+from landcover_plugin.core.inference.blend import StripBlender
+from landcover_plugin.core.inference.rowbuffer import RowBuffer
+from landcover_plugin.core.inference.sliding import predict_array, predict_probabilities
+from landcover_plugin.core.inference.windows import blend_weights, window_grid
+from landcover_plugin.core.model.predictor import Predictor
 
 
 def _blend(field, tile, overlap, skip=()):
@@ -84,7 +84,7 @@ def _strip_cases(device):
 @pytest.mark.parametrize("device,h,w,tile,overlap,block", _strip_cases("cpu") + _strip_cases("cuda"))
 def test_strips_gathered_on_the_device_write_what_direct_puts_write(device, h, w, tile, overlap, block):
     """The GPU path (a strip gathered, copied, handed on one strip late), also exercised on the CPU."""
-    from landcover_plugin.core.strips import host_sink
+    from landcover_plugin.core.inference.strips import host_sink
 
     device = torch.device(device)
 
@@ -133,7 +133,7 @@ def test_probabilities_of_an_array_are_what_its_labels_are_the_argmax_of():
 def test_background_writer_writes_every_row_in_order_and_raises_its_errors():
     import threading
 
-    from landcover_plugin.core.rowbuffer import BackgroundWriter
+    from landcover_plugin.core.inference.rowbuffer import BackgroundWriter
 
     written, threads = [], set()
 

@@ -7,9 +7,11 @@ from dataclasses import replace
 import pytest
 from conftest import fixture_pixels, make_model, write_raster
 
-from landcover_plugin.core import model_file
 from landcover_plugin.core.errors import ModelFileError
-from landcover_plugin.core.model_file import PolygonDefaults, read_spec, resolve_model_path, save_model
+from landcover_plugin.core.model import bundled
+from landcover_plugin.core.model.bundled import resolve_model_path
+from landcover_plugin.core.model.model_file import read_spec, save_model
+from landcover_plugin.core.model.spec import ModelSpec, PolygonDefaults
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -18,26 +20,26 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def models_dir(tmp_path, monkeypatch):
     """A models/ folder holding a default land-cover model, a buildings model and a damaged file."""
     net, spec = make_model(calibrate=False)
-    save_model(str(tmp_path / model_file.DEFAULT_MODEL_NAME), net, replace(spec, name="Land cover"))
-    from landcover_plugin.core.classes import LandClass
+    save_model(str(tmp_path / bundled.DEFAULT_MODEL_NAME), net, replace(spec, name="Land cover"))
+    from landcover_plugin.core.model.classes import LandClass
 
     classes = (LandClass(0, "other", "#f2efe9"), LandClass(1, "building", "#d7301f"))
     net2, spec2 = make_model(classes=classes, calibrate=False)
     save_model(str(tmp_path / "buildings_osm.safetensors"), net2, replace(
         spec2, name="Buildings (OpenStreetMap)", polygons=PolygonDefaults((1,), 4.0, 0.5)))
     (tmp_path / "broken.safetensors").write_bytes(b"not a model")
-    monkeypatch.setattr(model_file, "MODELS_DIR", str(tmp_path))
+    monkeypatch.setattr(bundled, "MODELS_DIR", str(tmp_path))
     return tmp_path
 
 
 def test_bundled_models_are_listed_default_first_and_found_by_key_or_name(models_dir):
-    found = model_file.bundled_models()
+    found = bundled.bundled_models()
     assert [(m.key, m.name) for m in found] == [("landcover_default", "Land cover"),
                                                 ("buildings_osm", "Buildings (OpenStreetMap)")]
     by_key = resolve_model_path("buildings_osm")
     assert by_key == str(models_dir / "buildings_osm.safetensors")
     assert resolve_model_path("  buildings (openstreetmap) ") == by_key
-    assert resolve_model_path(None) == str(models_dir / model_file.DEFAULT_MODEL_NAME)
+    assert resolve_model_path(None) == str(models_dir / bundled.DEFAULT_MODEL_NAME)
 
 
 def test_an_unknown_name_lists_the_bundled_models(models_dir):
@@ -63,14 +65,14 @@ def test_bad_polygon_defaults_are_refused(polygons, message):
     _, spec = make_model(calibrate=False)
     doc = {**spec.to_dict(), "polygons": polygons}
     with pytest.raises(ModelFileError, match=message):
-        model_file.ModelSpec.from_dict(doc)
+        ModelSpec.from_dict(doc)
 
 
 def test_files_without_polygon_defaults_keep_every_class():
     _, spec = make_model(calibrate=False)
     doc = spec.to_dict()
     del doc["polygons"]
-    assert model_file.ModelSpec.from_dict(doc).polygons == PolygonDefaults(None, 0.0, 0.0)
+    assert ModelSpec.from_dict(doc).polygons == PolygonDefaults(None, 0.0, 0.0)
 
 
 def _classify(tmp_path, model, crs, transform, **options):

@@ -12,8 +12,8 @@ from rasterio.transform import from_origin
 
 pytest.importorskip("distributed")
 
-from landcover_plugin.core.cluster import Cluster  # noqa: E402
-from landcover_plugin.core.many import segment_many  # noqa: E402
+from landcover_plugin.core.inference.cluster import Cluster  # noqa: E402
+from landcover_plugin.core.inference.many import segment_many  # noqa: E402
 from landcover_plugin.core.segment import SegmentOptions, segment  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -158,7 +158,7 @@ def test_a_worker_killed_during_the_run_still_gives_the_same_outputs(tall, model
 
 
 def test_bad_inputs_are_reported_each_and_the_others_finish(rasters, model, tmp_path, monkeypatch):
-    from landcover_plugin.core import many
+    from landcover_plugin.core.inference import many
 
     broken = tmp_path / "broken.tif"
     broken.write_text("not a raster")

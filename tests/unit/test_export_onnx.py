@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import fixture_pixels, make_model
 
-from landcover_plugin.core.model_file import save_model
+from landcover_plugin.core.model.model_file import save_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ort = pytest.importorskip("onnxruntime")

@@ -3,9 +3,9 @@ import os
 
 import pytest
 
-from landcover_plugin.core.cluster import plan_blocks
 from landcover_plugin.core.errors import InputError
-from landcover_plugin.core.many import expand_inputs, output_dirs
+from landcover_plugin.core.inference.cluster import plan_blocks
+from landcover_plugin.core.inference.many import expand_inputs, output_dirs
 
 
 def test_blocks_hold_about_the_pixels_asked_in_whole_rows_of_output_blocks():
@@ -40,7 +40,7 @@ def test_local_workers_take_a_gpu_each_in_turn(monkeypatch):
 
     import torch
 
-    from landcover_plugin.core import cluster
+    from landcover_plugin.core.inference import cluster
 
     distributed = pytest.importorskip("distributed")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from landcover_plugin.core.errors import InputError
-from landcover_plugin.core.metrics import confusion, scores
-from landcover_plugin.core.pairs import pair_files, pairs_from
+from landcover_plugin.core.evaluation.metrics import confusion, scores
+from landcover_plugin.core.io.pairs import pair_files, pairs_from
 
 
 def test_confusion_and_scores_by_hand():
@@ -53,8 +53,8 @@ def test_no_pairs_is_explained(tmp_path):
 
 
 def test_area_report_shows_hectares_only_for_ground_areas(tmp_path):
-    from landcover_plugin.core.areas import ClassArea
-    from landcover_plugin.core.report import write_area_report
+    from landcover_plugin.core.evaluation.report import write_area_report
+    from landcover_plugin.core.vector.areas import ClassArea
 
     areas = [ClassArea(0, "background", "#d9d0c1", 300, 1200.0, 75.0), ClassArea(3, "water", "#2b7bd6", 100, 400.0,
                                                                                  25.0)]

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from landcover_plugin.core.model_file import MODELS_DIR, bundled_models
+from landcover_plugin.core.model.bundled import MODELS_DIR, bundled_models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")

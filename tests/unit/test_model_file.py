@@ -8,14 +8,9 @@ import torch
 from conftest import make_model
 
 from landcover_plugin.core.errors import ModelFileError
-from landcover_plugin.core.model_file import (
-    METADATA_KEY,
-    ModelSpec,
-    load_model,
-    read_spec,
-    resolve_model_path,
-    save_model,
-)
+from landcover_plugin.core.model.bundled import resolve_model_path
+from landcover_plugin.core.model.model_file import METADATA_KEY, load_model, read_spec, save_model
+from landcover_plugin.core.model.spec import ModelSpec
 
 
 def _safetensors_with(path, state, metadata):
@@ -212,7 +207,7 @@ def test_infinite_or_nan_weights_are_refused(tmp_path):
 
 
 def test_bundled_default_model_is_valid_and_small():
-    from landcover_plugin.core.model_file import default_model_path
+    from landcover_plugin.core.model.bundled import default_model_path
 
     path = default_model_path()
     if not os.path.exists(path):

@@ -11,7 +11,7 @@ from conftest import FIXTURE, fixture_pixels, make_model, write_raster
 from rasterio.transform import Affine
 
 from landcover_plugin.core.errors import Cancelled, InputError
-from landcover_plugin.core.multidevice import python_executable, split_rows
+from landcover_plugin.core.inference.multidevice import python_executable, split_rows
 from landcover_plugin.core.segment import SegmentOptions, segment
 
 UTM = "EPSG:32640"
@@ -25,9 +25,9 @@ def _read(path):
 def test_rows_of_a_part_blend_exactly_as_the_whole_image():
     import torch
 
-    from landcover_plugin.core.predictor import Predictor
-    from landcover_plugin.core.sliding import ArrayReader, slide
-    from landcover_plugin.core.windows import blend_weights
+    from landcover_plugin.core.inference.sliding import ArrayReader, slide
+    from landcover_plugin.core.inference.windows import blend_weights
+    from landcover_plugin.core.model.predictor import Predictor
 
     net, spec = make_model(tile=64, overlap=16)
     image = fixture_pixels()[:, :300, :150]
@@ -62,7 +62,7 @@ def test_parts_start_on_block_rows_and_share_the_cores():
 
 
 def test_device_names_and_their_errors():
-    from landcover_plugin.core.device import device_names
+    from landcover_plugin.core.model.device import device_names
 
     assert device_names("cpu, cpu") == ["cpu", "cpu"]
     assert device_names("auto") == ["auto"]

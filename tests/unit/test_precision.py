@@ -10,10 +10,10 @@ import pytest
 import rasterio
 import torch
 
-from landcover_plugin.core import device as device_mod
-from landcover_plugin.core import quantize
 from landcover_plugin.core.errors import InputError
-from landcover_plugin.core.model_file import CALIBRATION_KEY, load_model, save_model
+from landcover_plugin.core.model import device as device_mod
+from landcover_plugin.core.model import quantize
+from landcover_plugin.core.model.model_file import CALIBRATION_KEY, load_model, save_model
 from landcover_plugin.core.segment import SegmentOptions, segment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -50,7 +50,7 @@ def test_auto_on_a_cpu_picks_int8_where_it_pays_else_bf16_where_the_cpu_has_it(c
 
 
 def test_auto_uses_int8_only_for_models_that_record_faithful_int8_labels():
-    from landcover_plugin.core.model_file import read_spec
+    from landcover_plugin.core.model.model_file import read_spec
 
     models = os.path.join(ROOT, "landcover_plugin", "models")
     assert quantize.faithful(read_spec(os.path.join(models, "landcover_default.safetensors")))
@@ -102,7 +102,7 @@ def test_auto_on_a_gpu_is_fp16_and_each_precision_runs_where_it_can(monkeypatch)
 def test_int8_keeps_the_stem_and_first_down_block_in_floating_point():
     if not quantize.int8_available():
         pytest.skip("torchao or a C++ compiler is missing")
-    from landcover_plugin.core.unet import fused_for_inference
+    from landcover_plugin.core.model.unet import fused_for_inference
 
     net, spec = load_model(MODEL)
     converted = quantize.quantized(fused_for_inference(net), net.calibration_windows[:4, :, :64, :64], spec.mean,
@@ -161,7 +161,7 @@ def test_int8_labels_agree_with_fp32_the_log_says_int8_and_the_package_is_reused
     assert len(packages) == 1
     # another process (a later run) loads the package instead of compiling: fast, and the same labels
     code = (f"import sys, time; sys.path.insert(0, {ROOT!r}); import rasterio; "
-            "from landcover_plugin.core.model_file import load_model; "
+            "from landcover_plugin.core.model.model_file import load_model; "
             "from landcover_plugin.core.segment import SegmentOptions, segment; "
             f"m = load_model({MODEL!r}); t = time.perf_counter(); "
             f"r = segment({CROP!r}, {str(tmp_path / 'again.tif')!r}, m, log=print, "

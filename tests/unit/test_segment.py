@@ -9,7 +9,7 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine, from_origin
 
 from landcover_plugin.core.errors import Cancelled, InputError
-from landcover_plugin.core.outputs import CONFIDENCE_NODATA
+from landcover_plugin.core.io.outputs import CONFIDENCE_NODATA
 from landcover_plugin.core.segment import SegmentOptions, segment
 
 UTM = CRS.from_epsg(32640)
@@ -108,7 +108,7 @@ def test_fully_masked_windows_are_not_computed(tmp_path, monkeypatch):
     px[:, :, 128:] = 0
     img = write_raster(tmp_path / "half.tif", px, nodata=0)
     seen = []
-    from landcover_plugin.core import predictor
+    from landcover_plugin.core.model import predictor
 
     original = predictor.Predictor.__call__
 
@@ -118,7 +118,7 @@ def test_fully_masked_windows_are_not_computed(tmp_path, monkeypatch):
 
     monkeypatch.setattr(predictor.Predictor, "__call__", counting)
     segment(img, str(tmp_path / "c.tif"), (net, spec), options=SegmentOptions(batch_size=4))
-    from landcover_plugin.core.windows import window_grid
+    from landcover_plugin.core.inference.windows import window_grid
 
     ys, xs = window_grid(256, 256, 64, 16)
     assert sum(seen) < len(ys) * len(xs) * 0.75
@@ -233,7 +233,7 @@ def test_cancel_leaves_no_output(tmp_path, utm_raster, model_file):
 
 
 def test_failure_midway_leaves_no_output(tmp_path, utm_raster, model_file, monkeypatch):
-    from landcover_plugin.core import predictor
+    from landcover_plugin.core.model import predictor
 
     def boom(self, batch):
         raise RuntimeError("disk on fire")
@@ -260,7 +260,7 @@ def test_tta_averages_flips_and_rotations(tmp_path, utm_raster, model_file):
 
 
 def test_out_of_memory_halves_the_batch(tmp_path, utm_raster, model_file, monkeypatch):
-    from landcover_plugin.core import predictor
+    from landcover_plugin.core.model import predictor
 
     original = predictor.Predictor._run
 
@@ -348,7 +348,7 @@ def test_gpu_host_path_on_the_cpu_writes_the_same_outputs(tmp_path, monkeypatch,
     written by a thread of their own (the CUDA path), run on the CPU: labels and confidence equal
     the plain path's, masks included."""
     from landcover_plugin.core import segment as segment_module
-    from landcover_plugin.core import sinks, strips
+    from landcover_plugin.core.inference import sinks, strips
 
     px = fixture_pixels()[:, :230, :250]
     alpha = np.full((1, 230, 250), 255, np.uint8)

@@ -2,12 +2,12 @@
 import numpy as np
 import pytest
 
-from landcover_plugin.core.class_table import class_table, head_rows, lookup, value_to_id
-from landcover_plugin.core.classes import DEFAULT_CLASSES, LandClass
 from landcover_plugin.core.errors import InputError
-from landcover_plugin.core.label_split import choose_blocks, spatial_split
-from landcover_plugin.core.train_data import Labelled
-from landcover_plugin.core.train_schedule import fit_schedule
+from landcover_plugin.core.io.class_table import class_table, head_rows, lookup, value_to_id
+from landcover_plugin.core.model.classes import DEFAULT_CLASSES, LandClass
+from landcover_plugin.core.training.data import Labelled
+from landcover_plugin.core.training.label_split import choose_blocks, spatial_split
+from landcover_plugin.core.training.schedule import fit_schedule
 
 
 def test_names_matching_the_starting_model_keep_its_ids_and_colours():
@@ -148,8 +148,8 @@ def test_rasters_of_several_resolutions_are_read_at_one(tmp_path):
     from osgeo import ogr, osr
     from rasterio.transform import from_origin
 
-    from landcover_plugin.core.train_job import Labels, load_labelled, target_gsd
-    from landcover_plugin.core.trainer import Hooks
+    from landcover_plugin.core.training.job import Labels, load_labelled, target_gsd
+    from landcover_plugin.core.training.trainer import Hooks
 
     fine = write_raster(tmp_path / "fine.tif", np.full((3, 120, 120), 50, np.uint8), crs="EPSG:32640",
                         transform=from_origin(500000, 2800000, 0.5, 0.5))

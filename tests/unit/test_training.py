@@ -11,9 +11,9 @@ import torch
 from conftest import write_raster
 
 from landcover_plugin.core.errors import InputError
-from landcover_plugin.core.losses import combined_loss, dice_loss
-from landcover_plugin.core.model_file import load_model
-from landcover_plugin.core.train_data import Labelled, WindowSampler, load_pairs, read_image, split
+from landcover_plugin.core.model.model_file import load_model
+from landcover_plugin.core.training.data import Labelled, WindowSampler, load_pairs, read_image, split
+from landcover_plugin.core.training.losses import combined_loss, dice_loss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN = os.path.join(ROOT, "scripts", "train.py")
@@ -248,8 +248,8 @@ def labelled_raster(tmp_path):
 
 def test_vector_labels_are_rasterized_on_the_raster_grid(tmp_path, labelled_raster):
     pytest.importorskip("osgeo")
-    from landcover_plugin.core.classes import DEFAULT_CLASSES
-    from landcover_plugin.core.train_data import rasterize_labels
+    from landcover_plugin.core.io.labels import rasterize_labels
+    from landcover_plugin.core.model.classes import DEFAULT_CLASSES
 
     square = "POLYGON((500010 2799990, 500030 2799990, 500030 2799970, 500010 2799970, 500010 2799990))"
     strip = "POLYGON((500000 2799900, 500120 2799900, 500120 2799890, 500000 2799890, 500000 2799900))"
@@ -299,9 +299,9 @@ def test_training_from_a_raster_and_polygons(tmp_path, labelled_raster):
 def test_starting_head_keeps_the_rows_of_classes_named_alike(tmp_path):
     from conftest import make_model
 
-    from landcover_plugin.core.classes import LandClass
-    from landcover_plugin.core.model_file import save_model
-    from landcover_plugin.core.trainer import TrainConfig, _start_model
+    from landcover_plugin.core.model.classes import LandClass
+    from landcover_plugin.core.model.model_file import save_model
+    from landcover_plugin.core.training.trainer import TrainConfig, _start_model
 
     net, spec = make_model()
     path = str(tmp_path / "start.safetensors")

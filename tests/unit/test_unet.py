@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from landcover_plugin.core.unet import UNet, fused_for_inference
+from landcover_plugin.core.model.unet import UNet, fused_for_inference
 
 
 @pytest.mark.parametrize("h,w", [(64, 64), (37, 53), (1, 1), (5, 130), (17, 16)])

@@ -5,10 +5,10 @@ from conftest import write_raster
 from rasterio.crs import CRS
 from rasterio.transform import Affine, from_origin
 
-from landcover_plugin.core.areas import class_areas
-from landcover_plugin.core.classes import DEFAULT_CLASSES
-from landcover_plugin.core.geo import ground_geometry, map_resolution
-from landcover_plugin.core.vectorize import sieve, vectorize
+from landcover_plugin.core.io.geo import ground_geometry, map_resolution
+from landcover_plugin.core.model.classes import DEFAULT_CLASSES
+from landcover_plugin.core.vector.areas import class_areas
+from landcover_plugin.core.vector.vectorize import sieve, vectorize
 
 shapely = pytest.importorskip("shapely")
 ogr = pytest.importorskip("osgeo.ogr")  # polygons are GDAL's work; the GPU machine has no GDAL bindings
@@ -173,7 +173,7 @@ def test_simplified_model_output_keeps_a_coverage(tmp_path, model_file, toleranc
 
 
 def test_arc_simplification_ignores_direction():
-    from landcover_plugin.core.simplify import simplify_arc
+    from landcover_plugin.core.vector.simplify import simplify_arc
 
     rng = np.random.default_rng(4)
     steps = rng.integers(0, 2, 60)

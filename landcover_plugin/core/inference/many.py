@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
-from .errors import InputError, LandcoverError
+from ..errors import InputError, LandcoverError
 
 RASTER_EXTENSIONS = (".tif", ".tiff", ".vrt", ".jp2", ".img", ".png", ".jpg", ".jpeg", ".ecw", ".sid")
 SPOOL = ".landcover_blocks"  # under OUT: finished blocks of unfinished inputs
@@ -92,7 +92,7 @@ def connect(workers: int | None = None, scheduler: str | None = None, log: Calla
     """(client, threads per worker): a local cluster of `workers` processes, or the cluster at `scheduler`."""
     import logging
 
-    from .device import usable_cores
+    from ..model.device import usable_cores
 
     try:
         from distributed import Client, LocalCluster
@@ -119,9 +119,10 @@ def segment_many(inputs, out_dir: str, model=None, options=None, workers: int | 
                  scheduler: str | None = None, block_size: int | None = None, polygons: bool = True,
                  log: Callable = print, progress: Callable[[float], None] | None = None) -> list[InputResult]:
     """Classify every input into its output folder; returns one InputResult an input, failures included."""
+    from ..model.bundled import resolve_model_path
+    from ..model.model_file import load_model
+    from ..segment import SegmentOptions
     from .cluster import DEFAULT_BLOCK, Cluster
-    from .model_file import load_model, resolve_model_path
-    from .segment import SegmentOptions
 
     paths = expand_inputs(inputs)
     dirs = output_dirs(paths, out_dir)
@@ -190,8 +191,8 @@ def segment_many(inputs, out_dir: str, model=None, options=None, workers: int | 
 
 
 def _segment_one(item: InputResult, model, options, polygons: bool, key: str, progress, log):
-    from .report import write_area_report
-    from .segment import segment
+    from ..evaluation.report import write_area_report
+    from ..segment import segment
 
     os.makedirs(item.out_dir, exist_ok=True)
     out = os.path.join

@@ -18,9 +18,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .classes import NODATA_CLASS
-from .errors import Cancelled, InputError
-from .geo import GroundGeometry
+from ..errors import Cancelled, InputError
+from ..io.geo import GroundGeometry
+from ..model.classes import NODATA_CLASS
 from .simplify import Nodes, simplify_ring
 
 ROWS_PER_READ = 256

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .classes import NODATA_CLASS
+from ..model.classes import NODATA_CLASS
 
 
 def confusion(reference: np.ndarray, predicted: np.ndarray, class_ids, ignore=(NODATA_CLASS,)) -> np.ndarray:

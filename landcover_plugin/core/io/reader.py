@@ -13,7 +13,7 @@ import numpy as np
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from .windows import reflect_index
+from ..inference.windows import reflect_index
 
 _COMPACT = (np.dtype(np.uint8), np.dtype(np.int16), np.dtype(np.float32))
 

@@ -9,12 +9,12 @@ import numpy as np
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from . import outputs
-from .classes import NODATA_CLASS
-from .device import torch_or_error
-from .errors import Cancelled
+from ..errors import Cancelled
+from ..io import outputs
+from ..model.classes import NODATA_CLASS
+from ..model.device import torch_or_error
+from ..stopwatch import Stopwatch
 from .rowbuffer import RowBuffer, Writer
-from .stopwatch import Stopwatch
 from .strips import host_sink
 
 

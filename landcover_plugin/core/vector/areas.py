@@ -7,8 +7,8 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from .classes import NODATA_CLASS
-from .geo import GroundGeometry
+from ..io.geo import GroundGeometry
+from ..model.classes import NODATA_CLASS
 
 ROWS_PER_READ = 256
 

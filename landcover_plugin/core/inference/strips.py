@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from .device import torch_or_error
+from ..model.device import torch_or_error
 from .rowbuffer import RowBuffer
 
 # put(row, col, [tensor (bands, rows, cols) on the device for each layer])

@@ -24,16 +24,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .class_table import head_rows
-from .classes import LandClass
-from .device import amp_dtype
-from .errors import InputError, ModelFileError
-from .losses import combined_loss
-from .metrics import confusion, scores
-from .model_file import ModelSpec, build_network, load_model, save_model
-from .predictor import Predictor
-from .sliding import predict_array
-from .train_data import (
+from ..errors import InputError, ModelFileError
+from ..evaluation.metrics import confusion, scores
+from ..inference.sliding import predict_array
+from ..inference.windows import blend_weights
+from ..io.class_table import head_rows
+from ..model.classes import LandClass
+from ..model.device import amp_dtype
+from ..model.model_file import build_network, load_model, save_model
+from ..model.predictor import Predictor
+from ..model.spec import ModelSpec
+from ..model.unet import fit_batchnorm
+from .data import (
     Labelled,
     WindowSampler,
     augment_batch,
@@ -42,9 +44,8 @@ from .train_data import (
     class_weights,
     epoch_size,
 )
-from .train_schedule import Schedule, fit_schedule
-from .unet import fit_batchnorm
-from .windows import blend_weights
+from .losses import combined_loss
+from .schedule import Schedule, fit_schedule
 
 CALIBRATION_STEPS = 3  # steps timed before a time budget is turned into a schedule (the first is not counted)
 

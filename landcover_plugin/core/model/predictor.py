@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import InputError
 from .device import amp_dtype, torch_or_error
-from .errors import InputError
 
 
 class Predictor:

@@ -7,8 +7,8 @@ from rasterio.enums import Resampling
 from rasterio.warp import reproject
 from rasterio.windows import Window
 
-from .classes import NODATA_CLASS, LandClass
-from .errors import InputError
+from ..errors import InputError
+from ..model.classes import NODATA_CLASS, LandClass
 from .metrics import confusion, scores
 
 ROWS_PER_READ = 512
@@ -72,7 +72,7 @@ def evaluate_classification(pred_path: str, reference: np.ndarray | str, classes
         total = np.zeros((len(ids), len(ids) + 1), np.int64)
         for r0 in range(0, pred.height, ROWS_PER_READ):
             if cancel():
-                from .errors import Cancelled
+                from ..errors import Cancelled
 
                 raise Cancelled("Cancelled.")
             n = min(ROWS_PER_READ, pred.height - r0)

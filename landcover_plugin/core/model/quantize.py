@@ -16,7 +16,7 @@ import json
 import os
 import weakref
 
-from .errors import InputError
+from ..errors import InputError
 
 # Measured on the 2-core development CPU held to AVX2 (no bf16 kernels), whole path at 2048²: int8
 # 0.355 MP/s against fp32's 0.251, 1.2 s saved per megapixel; quantizing and compiling a package took

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 
-from .classes import NODATA_CLASS
+from ..model.classes import NODATA_CLASS
 
 CONFIDENCE_NODATA = -1.0
 BLOCK = 256
@@ -24,7 +24,7 @@ class OutputSet:
         final = os.path.abspath(final)
         folder, name = os.path.split(final)
         if not os.path.isdir(folder):
-            from .errors import InputError
+            from ..errors import InputError
 
             raise InputError(f"The output folder {folder} does not exist; create it or choose another path.")
         stem, ext = os.path.splitext(name)

@@ -6,8 +6,8 @@ classes keep that class's colour, and its row of the classifier head (see head_r
 """
 from __future__ import annotations
 
-from .classes import NODATA_CLASS, LandClass
-from .errors import InputError
+from ..errors import InputError
+from ..model.classes import NODATA_CLASS, LandClass
 
 # Colours for classes neither the user's style nor the starting model colours: distinct on a
 # map and from each other (ColorBrewer Set1/Dark2, then Paired).

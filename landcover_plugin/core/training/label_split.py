@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .classes import NODATA_CLASS
-from .errors import InputError
-from .train_data import Labelled
+from ..errors import InputError
+from ..model.classes import NODATA_CLASS
+from .data import Labelled
 
 MIN_BLOCKS = 8  # labelled blocks a split needs; below this the block size halves (not under 64 px)
 

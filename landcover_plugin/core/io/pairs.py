@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import re
 
-from .errors import InputError
+from ..errors import InputError
 
 IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 # Suffixes that name a mask, and the image suffixes they pair with: x.jpg/x.png,

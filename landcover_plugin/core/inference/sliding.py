@@ -7,9 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ..errors import Cancelled
+from ..stopwatch import Stopwatch
 from .blend import StripBlender
-from .errors import Cancelled
-from .stopwatch import Stopwatch
 from .strips import host_sink
 from .windows import reflect_index, strips_for_rows, window_grid
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import InputError
+from ..errors import InputError
 
 DEVICES = ("auto", "cpu", "cuda")
 

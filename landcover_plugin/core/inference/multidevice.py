@@ -17,10 +17,10 @@ from typing import Callable
 
 import numpy as np
 
-from .device import auto_batch, read_threads, torch_or_error, usable_cores
-from .errors import Cancelled, InputError
-from .interpreter import python_program
-from .reader import Region
+from ..errors import Cancelled, InputError
+from ..interpreter import python_program
+from ..io.reader import Region
+from ..model.device import auto_batch, read_threads, torch_or_error, usable_cores
 
 POLL_S = 0.2
 PROGRESS_STEP = 0.01  # fraction of a part between progress messages
@@ -193,10 +193,10 @@ def run_rows(job: PartJob, part: Part, emit, progress, stop, network=None, predi
     `predictors` keeps the predictor built here for the next call with the same settings."""
     import rasterio
 
-    from .predictor import Predictor
-    from .reader import WindowReader
+    from ..io.reader import WindowReader
+    from ..model.predictor import Predictor
+    from ..stopwatch import Stopwatch
     from .sliding import slide
-    from .stopwatch import Stopwatch
     from .windows import blend_weights
 
     torch = torch_or_error()

@@ -16,13 +16,14 @@ import numpy as np
 import rasterio
 from rasterio.enums import Resampling
 
-from .class_table import class_table
-from .classes import NODATA_CLASS
-from .errors import Cancelled, InputError
-from .evaluation import labels_on_grid, raster_classes
-from .geo import ground_geometry
+from ..errors import Cancelled, InputError
+from ..evaluation.evaluation import labels_on_grid, raster_classes
+from ..io.class_table import class_table
+from ..io.geo import ground_geometry
+from ..io.labels import class_values, rasterize_on_grid
+from ..model.classes import NODATA_CLASS
+from .data import Labelled
 from .label_split import spatial_split
-from .train_data import Labelled, class_values, rasterize_on_grid
 
 GSD_TOLERANCE = 0.05  # rasters within 5% of the target ground resolution are read as they are
 
@@ -194,7 +195,8 @@ def load_labelled(pairs, classes, bands, gsd, hooks) -> list[Labelled]:
 
 def run(job: TrainJob, hooks=None) -> JobResult:
     """Train as the job says; raises InputError before anything is written when the inputs do not fit."""
-    from .model_file import read_spec, resolve_model_path
+    from ..model.bundled import resolve_model_path
+    from ..model.model_file import read_spec
     from .trainer import Hooks, TrainConfig, fine_tuning_config, train
 
     hooks = hooks or Hooks()
@@ -242,7 +244,7 @@ def run(job: TrainJob, hooks=None) -> JobResult:
     init_miou = result.init_row.get("val_miou") if result.init_row else None
     val_miou = result.best if val_items else None
     if job.report_path:
-        from .report import write_training_report
+        from ..evaluation.report import write_training_report
 
         write_training_report(job.report_path, result, classes, {
             "rasters": ", ".join(job.rasters), "labels": source, "starting model": cfg.init or "none (from scratch)",

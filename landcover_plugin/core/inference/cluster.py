@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import Cancelled, InputError
+from ..errors import Cancelled, InputError
+from ..io.outputs import BLOCK
 from .multidevice import Part, PartJob, run_rows
-from .outputs import BLOCK
 
 POLL_S = 0.2
 DEFAULT_BLOCK = 4096  # --block-size: a block holds about this squared pixels, in whole rows
@@ -177,7 +177,7 @@ def _worker_device(device: str) -> str:
     each, in turn. dask-cuda gives each worker one visible GPU, and a worker per machine sees its own."""
     if device != "auto":
         return device
-    from .device import torch_or_error
+    from ..model.device import torch_or_error
 
     torch = torch_or_error()
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -194,7 +194,7 @@ def _worker_device(device: str) -> str:
 
 def _block(job: PartJob, part: Part, network) -> list:
     """A task: the block's finished rows, (row0, arrays) a block row."""
-    from .device import choose_precision, resolve_device
+    from ..model.device import choose_precision, resolve_device
 
     device = resolve_device(_worker_device(part.device))
     if job.precision == "auto":  # this worker's choice for its device (int8 is compiled only where asked for)

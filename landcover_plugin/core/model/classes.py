@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import ModelFileError
+from ..errors import ModelFileError
 
 _COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
 NODATA_CLASS = 255

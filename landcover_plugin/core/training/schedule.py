@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .errors import InputError
+from ..errors import InputError
 
 MIN_STEPS = 10  # an epoch shorter than this is mostly validation
 MAX_EPOCHS = 200

@@ -4,7 +4,7 @@ from __future__ import annotations
 import csv
 import html
 
-from .areas import ClassArea
+from ..vector.areas import ClassArea
 
 
 def _unit(units: str) -> str:

@@ -1,0 +1,1 @@
+"""Scoring class rasters against references: confusion matrices, scores, reports."""

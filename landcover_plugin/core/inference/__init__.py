@@ -1,0 +1,2 @@
+"""Classifying rasters: window arithmetic, the sliding-window loop, blending, writing rows, several
+devices, a Dask cluster."""

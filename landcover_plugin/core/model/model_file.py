@@ -1,0 +1,159 @@
+"""The model file: one .safetensors file with our JSON metadata under the key "landcover".
+
+Loading parses the safetensors header ourselves before anything else, so a pickle,
+a zip checkpoint or random bytes are refused with a clear sentence and nothing in
+the file is ever executed (safetensors holds raw tensors only).
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+
+from ..errors import ModelFileError
+from .spec import ModelSpec, parse_spec
+
+METADATA_KEY = "landcover"
+# A few windows of the training imagery (uint8 or the imagery's own dtype, (n, bands, h, w), raw
+# values): int8 inference calibrates its activation ranges on them, so a model file carries the
+# data its quantization needs and never falls back to random tensors.
+CALIBRATION_KEY = "calibration.windows"
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+def build_network(spec: ModelSpec):
+    from .unet import UNet
+
+    return UNet(spec.in_channels, spec.num_classes, spec.base_width, spec.depth)
+
+
+FLOAT16_MAX = 65504.0
+
+
+def save_model(path: str, network, spec: ModelSpec, half: bool = False, calibration=None) -> None:
+    """Write weights and metadata; the file appears whole or not at all.
+
+    half: store weights as float16 (half the file). Batch-norm statistics, and any tensor
+    with values beyond float16's range, stay float32: the running variance after a
+    decoder's first convolution can pass 65504, and as infinity it silently zeroes
+    those channels.
+    calibration: windows of training imagery (n, bands, h, w) for int8 inference; by default
+    those the network was loaded with, if any.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    parse_spec(spec.to_dict())  # never write a file we would refuse to load
+    state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    if half:
+        state = {k: v.half() if _fits_float16(k, v) else v.float() if v.is_floating_point() else v
+                 for k, v in state.items()}
+    if calibration is None:
+        calibration = getattr(network, "calibration_windows", None)
+    if calibration is not None:
+        if calibration.ndim != 4 or calibration.shape[1] != spec.in_channels:
+            raise ModelFileError(f"Calibration windows must be (n, {spec.in_channels}, h, w), not "
+                                 f"{tuple(calibration.shape)}.")
+        state[CALIBRATION_KEY] = torch.from_numpy(calibration.copy()).contiguous()
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        save_file(state, tmp, metadata={METADATA_KEY: json.dumps(spec.to_dict())})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # safetensors creates files readable by their owner only
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _fits_float16(name: str, tensor) -> bool:
+    if not tensor.is_floating_point() or name.endswith(("running_mean", "running_var")):
+        return False
+    return bool(tensor.float().abs().max() <= FLOAT16_MAX) if tensor.numel() else True
+
+
+def read_spec(path: str) -> ModelSpec:
+    """Read and validate only the metadata (fast; no tensors are loaded)."""
+    header = _read_header(path)
+    meta = header.get("__metadata__")
+    if not isinstance(meta, dict) or METADATA_KEY not in meta:
+        raise ModelFileError(
+            f"{_name(path)} is a safetensors file but not a land-cover model: "
+            f"it has no \"{METADATA_KEY}\" metadata.")
+    try:
+        doc = json.loads(meta[METADATA_KEY])
+    except (TypeError, ValueError):
+        raise ModelFileError(f"The \"{METADATA_KEY}\" metadata of {_name(path)} is not valid JSON.") from None
+    return parse_spec(doc, _name(path))
+
+
+def load_model(path: str):
+    """Return (network in eval mode on the CPU, ModelSpec), or raise ModelFileError.
+
+    The network's `calibration_windows` attribute holds the file's calibration windows (numpy), or None.
+    """
+    spec = read_spec(path)
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(path, device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ModelFileError(f"The weights in {_name(path)} cannot be read ({exc}).") from None
+    calibration = state.pop(CALIBRATION_KEY, None)
+    network = build_network(spec)
+    expected = network.state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    broken = sorted(k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all()))
+    if broken:
+        raise ModelFileError(
+            f"The weights in {_name(path)} contain infinite or NaN values ({broken[:3]}); the model is damaged "
+            f"(a float16 overflow, or training that diverged) and would give wrong classes.")
+    if missing or extra or wrong:
+        detail = (f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}" if extra
+                  else f"wrong shape for {wrong[:3]}")
+        raise ModelFileError(
+            f"The weights in {_name(path)} do not match its declared architecture "
+            f"(unet, base width {spec.base_width}, depth {spec.depth}, {spec.in_channels} bands, "
+            f"{spec.num_classes} classes): {detail}.")
+    network.load_state_dict(state, strict=True)
+    network.eval()
+    # A plain attribute, not a buffer: the windows are data about the network, not part of its state.
+    network.calibration_windows = None if calibration is None else calibration.numpy()
+    return network, spec
+
+
+def _name(path: str) -> str:
+    return f"\"{os.path.basename(path)}\""
+
+
+def _read_header(path: str) -> dict:
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise ModelFileError(f"{_name(path)} is too short to be a safetensors model file.")
+            (n,) = struct.unpack("<Q", head)
+            raw = fh.read(n) if 0 < n <= min(_MAX_HEADER, size - 8) else b""
+    except OSError as exc:
+        raise ModelFileError(f"The model file {_name(path)} cannot be read ({exc.strerror}).") from None
+    # Only a file that is not a safetensors file is judged by its first bytes: a safetensors
+    # header length can start with the byte 0x80 of a pickle too (a length of 0x1d80, say).
+    if not raw.startswith(b"{"):
+        if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+            raise ModelFileError(
+                f"{_name(path)} is a pickle or PyTorch checkpoint, which is never loaded because it can "
+                "run code; convert it to a .safetensors model file.")
+        if not raw:
+            raise ModelFileError(f"{_name(path)} is not a safetensors model file.")
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise ModelFileError(f"{_name(path)} is not a safetensors model file (its header is not JSON).") from None
+    if not isinstance(header, dict):
+        raise ModelFileError(f"{_name(path)} is not a safetensors model file.")
+    return header

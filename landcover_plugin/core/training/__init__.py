@@ -1,0 +1,1 @@
+"""From labelled rasters to a model file: data, augmentation, losses, the training loop, its schedule."""

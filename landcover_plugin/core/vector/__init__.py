@@ -1,0 +1,1 @@
+"""From class rasters to polygons: sieve, tracing, shared-boundary simplification, areas."""
