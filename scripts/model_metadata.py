@@ -8,13 +8,14 @@
 --min-area and --simplify are the defaults landcover:segment applies when the user leaves
 MIN_AREA and SIMPLIFY empty, in square metres and metres on the ground. --calibration IMAGES
 MASKS stores windows of those training images (centred on labelled pixels) for int8
-inference, replacing any the file holds.
+inference, replacing any the file holds. Every change records the file's checksum anew;
+--checksum alone records one in a file saved before model files carried one (check first that
+it is the file you trust: a damaged file gets a checksum of its damage).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 from dataclasses import replace
 
 import _common
@@ -31,6 +32,8 @@ def parse_args(argv=None):
                    help="set training.KEY to VALUE (JSON, else the text)")
     p.add_argument("--calibration", nargs=2, metavar=("IMAGES", "MASKS"),
                    help="folder of the model's training images (and their masks): windows for int8 calibration")
+    p.add_argument("--checksum", action="store_true",
+                   help="record the checksum of a file saved before model files carried one")
     return p.parse_args(argv)
 
 
@@ -56,11 +59,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     _common.setup()
     from safetensors import safe_open
-    from safetensors.torch import save_file
 
     from landcover_plugin.core.errors import InputError
     from landcover_plugin.core.model.bundled import resolve_model_path
-    from landcover_plugin.core.model.model_file import CALIBRATION_KEY, METADATA_KEY, read_spec
+    from landcover_plugin.core.model.model_file import CALIBRATION_KEY, read_spec, write_tensors
     from landcover_plugin.core.model.spec import PolygonDefaults
 
     path = resolve_model_path(args.model)
@@ -79,7 +81,7 @@ def main(argv=None) -> int:
         if not sep:
             raise InputError(f"--training takes KEY=VALUE, not {item!r}.")
         spec = spec.with_training(**{key: _value(text)})
-    if not changes and not args.training and not args.calibration:
+    if not changes and not args.training and not args.calibration and not args.checksum:
         print(json.dumps(spec.to_dict(), indent=1))
         return 0
     spec = replace(spec, **changes)
@@ -89,14 +91,7 @@ def main(argv=None) -> int:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     if args.calibration:
         tensors[CALIBRATION_KEY] = _calibration(args.calibration, spec)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(doc)})
-        os.chmod(tmp, os.stat(path).st_mode & 0o777)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_tensors(path, tensors, doc)
     print(f"updated {path}")
     return 0
 

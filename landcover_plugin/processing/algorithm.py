@@ -1,6 +1,9 @@
 """What every landcover algorithm shares."""
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
+
 from qgis.core import QgsProcessingAlgorithm, QgsProcessingParameterDefinition, QgsProcessingParameterFile
 from qgis.PyQt.QtCore import QCoreApplication, QVariant
 from qgis.PyQt.QtGui import QIcon
@@ -23,6 +26,27 @@ def model_parameter(name: str, description: str) -> QgsProcessingParameterFile:
         return param
     param.setMetadata({"widget_wrapper": {"class": model_widget.ModelWidgetWrapper}})
     return param
+
+
+class _ToFeedback(logging.Handler):
+    def __init__(self, feedback):
+        super().__init__(logging.WARNING)
+        self.feedback = feedback
+
+    def emit(self, record):
+        self.feedback.pushWarning(record.getMessage())
+
+
+@contextmanager
+def engine_warnings(feedback):
+    """The engine's logged warnings (a model file without a checksum, say) shown in the algorithm's log."""
+    logger = logging.getLogger("landcover")
+    handler = _ToFeedback(feedback)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 class LandcoverAlgorithm(QgsProcessingAlgorithm):

@@ -2,11 +2,15 @@
 
 Loading parses the safetensors header ourselves before anything else, so a pickle,
 a zip checkpoint or random bytes are refused with a clear sentence and nothing in
-the file is ever executed (safetensors holds raw tensors only).
+the file is ever executed (safetensors holds raw tensors only). A SHA-256 of the tensor
+table, the metadata and the tensor data is recorded when a file is saved: a damaged
+download or copy is refused, never run with weights a flipped byte changed.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import struct
 
@@ -18,7 +22,10 @@ METADATA_KEY = "landcover"
 # values): int8 inference calibrates its activation ranges on them, so a model file carries the
 # data its quantization needs and never falls back to random tensors.
 CALIBRATION_KEY = "calibration.windows"
+DIGEST_KEY = "landcover.sha256"
 _MAX_HEADER = 100 * 1024 * 1024
+_CHUNK = 1 << 20
+logger = logging.getLogger("landcover.model")
 
 
 def build_network(spec: ModelSpec):
@@ -41,7 +48,6 @@ def save_model(path: str, network, spec: ModelSpec, half: bool = False, calibrat
     those the network was loaded with, if any.
     """
     import torch
-    from safetensors.torch import save_file
 
     parse_spec(spec.to_dict())  # never write a file we would refuse to load
     state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
@@ -55,16 +61,64 @@ def save_model(path: str, network, spec: ModelSpec, half: bool = False, calibrat
             raise ModelFileError(f"Calibration windows must be (n, {spec.in_channels}, h, w), not "
                                  f"{tuple(calibration.shape)}.")
         state[CALIBRATION_KEY] = torch.from_numpy(calibration.copy()).contiguous()
+    write_tensors(path, state, spec.to_dict())
+
+
+def write_tensors(path: str, tensors: dict, doc: dict) -> None:
+    """Write tensors and the model metadata `doc` with their checksum; the file appears whole or not at all
+    (with the permissions of a new file, or those of the file it replaces)."""
+    from safetensors.torch import save
+
+    meta = {METADATA_KEY: json.dumps(doc)}
+    blob = save(tensors, metadata=meta)
+    header, start = _parse_header(blob[:8], lambda n: blob[8:8 + n], len(blob), "the new model file")
+    meta[DIGEST_KEY] = _digest(header, [memoryview(blob)[start:]])
+    blob = save(tensors, metadata=meta)
+    umask = os.umask(0)
+    os.umask(umask)
+    mode = os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o666 & ~umask
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        save_file(state, tmp, metadata={METADATA_KEY: json.dumps(spec.to_dict())})
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # safetensors creates files readable by their owner only
+        with open(tmp, "wb") as fh:
+            fh.write(blob)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _digest(header: dict, chunks) -> str:
+    """SHA-256 of the tensor table and the metadata (canonical JSON, the digest itself left out) and the data."""
+    table = {k: v for k, v in header.items() if k != "__metadata__"}
+    meta = {k: v for k, v in (header.get("__metadata__") or {}).items() if k != DIGEST_KEY}
+    h = hashlib.sha256(json.dumps([table, meta], sort_keys=True, separators=(",", ":")).encode())
+    for chunk in chunks:
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def _file_chunks(path: str, start: int):
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        while chunk := fh.read(_CHUNK):
+            yield chunk
+
+
+def _check_digest(path: str, header: dict, start: int) -> bool:
+    """Refuse a file whose contents differ from the checksum saved with it; False for a file saved before model
+    files carried one."""
+    recorded = (header.get("__metadata__") or {}).get(DIGEST_KEY)
+    if recorded is None:
+        return False
+    try:
+        actual = _digest(header, _file_chunks(path, start))
+    except OSError as exc:
+        raise ModelFileError(f"The model file {_name(path)} cannot be read ({exc.strerror}).") from None
+    if actual != recorded:
+        raise ModelFileError(f"The model file {_name(path)} is damaged: its contents differ from the checksum "
+                             "recorded when it was saved (a broken download or copy); download or copy it again.")
+    return True
 
 
 def _fits_float16(name: str, tensor) -> bool:
@@ -74,8 +128,14 @@ def _fits_float16(name: str, tensor) -> bool:
 
 
 def read_spec(path: str) -> ModelSpec:
-    """Read and validate only the metadata (fast; no tensors are loaded)."""
-    header = _read_header(path)
+    """Read and validate the metadata, after checking the file against its checksum (no tensors are loaded)."""
+    return _read_checked(path)[0]
+
+
+def _read_checked(path: str) -> tuple[ModelSpec, bool]:
+    """(the file's ModelSpec, whether a checksum was recorded and matched)."""
+    header, start = _read_header(path)
+    checked = _check_digest(path, header, start)
     meta = header.get("__metadata__")
     if not isinstance(meta, dict) or METADATA_KEY not in meta:
         raise ModelFileError(
@@ -85,7 +145,7 @@ def read_spec(path: str) -> ModelSpec:
         doc = json.loads(meta[METADATA_KEY])
     except (TypeError, ValueError):
         raise ModelFileError(f"The \"{METADATA_KEY}\" metadata of {_name(path)} is not valid JSON.") from None
-    return parse_spec(doc, _name(path))
+    return parse_spec(doc, _name(path)), checked
 
 
 def load_model(path: str):
@@ -93,7 +153,10 @@ def load_model(path: str):
 
     The network's `calibration_windows` attribute holds the file's calibration windows (numpy), or None.
     """
-    spec = read_spec(path)
+    spec, checked = _read_checked(path)
+    if not checked:
+        logger.warning(f"{_name(path)} was saved before model files carried a checksum, so damage to it cannot be "
+                       "detected; python scripts/model_metadata.py MODEL --checksum records one.")
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -130,30 +193,34 @@ def _name(path: str) -> str:
     return f"\"{os.path.basename(path)}\""
 
 
-def _read_header(path: str) -> dict:
+def _read_header(path: str) -> tuple[dict, int]:
+    """(the safetensors header, where the tensor data starts), or ModelFileError."""
     try:
-        size = os.path.getsize(path)
         with open(path, "rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8:
-                raise ModelFileError(f"{_name(path)} is too short to be a safetensors model file.")
-            (n,) = struct.unpack("<Q", head)
-            raw = fh.read(n) if 0 < n <= min(_MAX_HEADER, size - 8) else b""
+            return _parse_header(fh.read(8), fh.read, os.fstat(fh.fileno()).st_size, _name(path))
     except OSError as exc:
         raise ModelFileError(f"The model file {_name(path)} cannot be read ({exc.strerror}).") from None
+
+
+def _parse_header(head: bytes, read, size: int, name: str) -> tuple[dict, int]:
+    """The header of a safetensors file whose first 8 bytes are `head`; read(n) gives the n bytes after."""
+    if len(head) < 8:
+        raise ModelFileError(f"{name} is too short to be a safetensors model file.")
+    (n,) = struct.unpack("<Q", head)
+    raw = read(n) if 0 < n <= min(_MAX_HEADER, size - 8) else b""
     # Only a file that is not a safetensors file is judged by its first bytes: a safetensors
     # header length can start with the byte 0x80 of a pickle too (a length of 0x1d80, say).
     if not raw.startswith(b"{"):
         if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
             raise ModelFileError(
-                f"{_name(path)} is a pickle or PyTorch checkpoint, which is never loaded because it can "
+                f"{name} is a pickle or PyTorch checkpoint, which is never loaded because it can "
                 "run code; convert it to a .safetensors model file.")
         if not raw:
-            raise ModelFileError(f"{_name(path)} is not a safetensors model file.")
+            raise ModelFileError(f"{name} is not a safetensors model file.")
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
-        raise ModelFileError(f"{_name(path)} is not a safetensors model file (its header is not JSON).") from None
+        raise ModelFileError(f"{name} is not a safetensors model file (its header is not JSON).") from None
     if not isinstance(header, dict):
-        raise ModelFileError(f"{_name(path)} is not a safetensors model file.")
-    return header
+        raise ModelFileError(f"{name} is not a safetensors model file.")
+    return header, 8 + n
