@@ -12,18 +12,16 @@ pip-installed shapely brings its own.
 """
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
-
 import numpy as np
 
 
 class Nodes:
-    """Pixel corners (x, y) where region boundaries branch."""
+    """Pixel corners (x, y) where region boundaries branch, as sorted codes y * stride + x."""
 
     def __init__(self):
-        self._rows: dict[int, list] = {}
-        self._cols: dict[int, list] = {}
-        self._set: set = set()
+        self._parts: list[np.ndarray] = []
+        self._codes = np.empty(0, np.int64)
+        self.stride = 0
 
     def add_block(self, ids: np.ndarray, above: np.ndarray | None, y0: int, last: bool) -> None:
         """Nodes on the corner rows y0 .. y0 + len(ids) - 1 of a block of region ids (0: no region),
@@ -32,6 +30,7 @@ class Nodes:
         `above` is the id row just above the block (None at the top of the raster).
         """
         h, w = ids.shape
+        self.stride = w + 1
         pad = np.full((h + 1, w + 2), -1, np.int64)
         pad[1:, 1:-1] = ids
         if above is not None:
@@ -47,34 +46,19 @@ class Nodes:
         distinct = 1 + (b != a) + ((c != a) & (c != b)) + ((d != a) & (d != b) & (d != c))
         diagonal = (a == d) & (b == c) & (a != b)
         ys, xs = np.nonzero((distinct >= 3) | diagonal)
-        for y, x in zip((ys + y0).tolist(), xs.tolist()):
-            self._set.add((x, y))
-            self._rows.setdefault(y, []).append(x)
-            self._cols.setdefault(x, []).append(y)
+        self._parts.append((ys + y0) * self.stride + xs)
 
     def finish(self) -> "Nodes":
-        for d in (self._rows, self._cols):
-            for k in d:
-                d[k].sort()
+        self._codes = np.unique(np.concatenate(self._parts)) if self._parts else np.empty(0, np.int64)
+        self._parts = []
         return self
 
-    def __contains__(self, xy) -> bool:
-        return xy in self._set
-
-    def between(self, p, q) -> list:
-        """Nodes strictly inside the axis-parallel segment p -> q, in order from p."""
-        (x0, y0), (x1, y1) = p, q
-        if y0 == y1 and x0 != x1:
-            return [(x, y0) for x in _strictly_between(self._rows.get(y0, []), x0, x1)]
-        if x0 == x1 and y0 != y1:
-            return [(x0, y) for y in _strictly_between(self._cols.get(x0, []), y0, y1)]
-        return []
-
-
-def _strictly_between(values: list, a, b) -> list:
-    """The sorted values strictly between a and b, in order from a."""
-    inside = values[bisect_right(values, min(a, b)):bisect_left(values, max(a, b))]
-    return inside if a < b else inside[::-1]
+    def contains(self, xy: np.ndarray) -> np.ndarray:
+        """Which of the corners xy (n, 2) are nodes."""
+        codes = xy[:, 1] * self.stride + xy[:, 0]
+        at = np.searchsorted(self._codes, codes)
+        return (at < len(self._codes)) & (self._codes[np.minimum(at, len(self._codes) - 1)] == codes) \
+            if len(self._codes) else np.zeros(len(codes), bool)
 
 
 def _dp(points: np.ndarray, tol: float) -> list[int]:
@@ -96,24 +80,37 @@ def _dp(points: np.ndarray, tol: float) -> list[int]:
     return sorted(keep)
 
 
-def arc_key(arc: list) -> int:
-    """The same key for an arc and its reverse."""
+def canonical(arc: list) -> tuple[list, bool]:
+    """(the arc in the direction both polygons that share it agree on, whether that is its reverse)."""
     if len(arc) <= 2:
-        return hash(tuple(sorted(arc)))
-    loop = arc[0] == arc[-1]
-    flip = (arc[1] > arc[-2]) if loop else (arc[0] > arc[-1])
-    return hash(tuple(arc[::-1] if flip else arc))
+        flip = arc[0] > arc[-1]
+    elif arc[0] == arc[-1]:  # closed: the direction of its second point against its last but one
+        flip = arc[1] > arc[-2]
+    else:
+        flip = arc[0] > arc[-1]
+    return (arc[::-1] if flip else arc), flip
+
+
+def arc_key(canon: list) -> tuple:
+    """The key of an arc in canonical form, the same for both polygons that share it: a hash of its points
+    with its ends and length, which no other arc of a raster's boundaries shares in practice."""
+    return hash(tuple(canon)), canon[0], canon[-1], len(canon)
 
 
 def simplify_arc(arc: list, tol: float) -> list:
     """Simplified arc (list of (x, y)); identical for an arc and its reverse."""
-    if len(arc) <= 2:
-        return arc
-    loop = arc[0] == arc[-1]
-    flip = (arc[1] > arc[-2]) if loop else (arc[0] > arc[-1])
-    canon = arc[::-1] if flip else arc
+    canon, flip = canonical(arc)
+    out = simplify_canonical(canon, tol)
+    return out[::-1] if flip else out
+
+
+def simplify_canonical(canon: list, tol: float) -> list:
+    """Douglas-Peucker of an arc in canonical form; a closed arc keeps at least a triangle, an open one its
+    farthest bend, so that two arcs between the same nodes never collapse onto each other."""
+    if len(canon) <= 2:
+        return canon
     pts = np.asarray(canon, np.float64)
-    if loop:
+    if canon[0] == canon[-1]:
         # a closed arc: cut at its farthest point, keep at least a triangle
         far = int(np.argmax(np.hypot(*(pts - pts[0]).T)))
         keep = _dp(pts[:far + 1], tol) + [far + i for i in _dp(pts[far:], tol)[1:]]
@@ -124,27 +121,32 @@ def simplify_arc(arc: list, tol: float) -> list:
     else:
         keep = _dp(pts, tol)
         if len(keep) == 2:
-            # keep the farthest bend, so that two arcs between the same nodes never collapse
             ab = pts[-1] - pts[0]
             seg = pts[1:-1] - pts[0]
             dist = np.abs(seg[:, 0] * ab[1] - seg[:, 1] * ab[0])
             if dist.max() > 0:
                 keep = [0, 1 + int(np.argmax(dist)), len(pts) - 1]
-    out = [canon[i] for i in keep]
-    return out[::-1] if flip else out
+    return [canon[i] for i in keep]
 
 
-def ring_arcs(ring: list, nodes: Nodes) -> list[list]:
-    """A closed ring of pixel corners (first == last) cut into its arcs between nodes
-    (one closed arc when no node lies on it)."""
-    pts = ring[:-1]
-    full = []
-    for i, p in enumerate(pts):
-        full.append(p)
-        full.extend(nodes.between(p, pts[(i + 1) % len(pts)]))
-    cuts = [i for i, p in enumerate(full) if p in nodes]
+def ring_arcs(ring, nodes: Nodes) -> list[list]:
+    """A closed ring of pixel corners (first == last; a list of (x, y) or an (n, 2) array) cut into its arcs
+    between nodes (one closed arc when no node lies on it), as lists of (x, y)."""
+    pts = np.asarray(ring[:-1], np.int64)
+    d = np.roll(pts, -1, axis=0) - pts
+    straight = (d[:, 0] == 0) | (d[:, 1] == 0)  # traced boundaries are; any other edge is one step
+    lengths = np.where(straight, np.abs(d).sum(1), 1)
+    steps = np.where(straight[:, None], np.sign(d), d)
+    # every pixel corner along the ring (nodes can lie inside its edges), then its vertices and nodes
+    corners = pts[0] + np.concatenate([np.zeros((1, 2), np.int64), np.cumsum(np.repeat(steps, lengths, 0), 0)[:-1]])
+    is_vertex = np.zeros(len(corners), bool)
+    is_vertex[np.cumsum(lengths) - lengths] = True
+    is_node = nodes.contains(corners)
+    keep = is_vertex | is_node
+    full = list(map(tuple, corners[keep].tolist()))
+    cuts = np.flatnonzero(is_node[keep]).tolist()
     if not cuts:
-        start = min(range(len(full)), key=lambda i: full[i])
+        start = min(range(len(full)), key=full.__getitem__)
         return [full[start:] + full[:start] + [full[start]]]
     full = full[cuts[0]:] + full[:cuts[0]]
     cuts = [c - cuts[0] for c in cuts] + [len(full)]
@@ -152,16 +154,29 @@ def ring_arcs(ring: list, nodes: Nodes) -> list[list]:
     return [full[a:b + 1] for a, b in zip(cuts[:-1], cuts[1:])]
 
 
-def simplify_ring(ring: list, nodes: Nodes, tol: float, keep_arcs=frozenset()) -> tuple[list, list, list]:
-    """(simplified ring, keys of its arcs, the simplified arcs); arcs whose key is in `keep_arcs`
-    stay as they are."""
-    arcs = ring_arcs(ring, nodes)
-    keys = [arc_key(a) for a in arcs]
-    done = [a if k in keep_arcs else simplify_arc(a, tol) for a, k in zip(arcs, keys)]
+def simplify_ring(ring, nodes: Nodes, tol: float, keep_arcs=frozenset(), cache: dict | None = None
+                  ) -> tuple[list, list, list, bool]:
+    """(simplified ring, keys of its arcs, the simplified arcs, whether any arc changed); arcs whose key is
+    in `keep_arcs` stay as they are. `cache` ({key: simplified canonical arc}) saves simplifying an arc again
+    for the other polygon that shares it, or in another pass."""
+    cache = {} if cache is None else cache
+    keys, done, changed = [], [], False
+    for arc in ring_arcs(ring, nodes):
+        canon, flip = canonical(arc)
+        key = arc_key(canon)
+        keys.append(key)
+        if key in keep_arcs:
+            done.append(arc)
+            continue
+        simple = cache.get(key)
+        if simple is None:
+            simple = cache[key] = simplify_canonical(canon, tol)
+        changed = changed or len(simple) != len(canon)
+        done.append(simple[::-1] if flip else simple)
     if len(done) == 1:
-        return done[0], keys, done
+        return done[0], keys, done, changed
     out = []
     for a in done:
         out.extend(a[:-1])
     out.append(out[0])
-    return out, keys, done
+    return out, keys, done, changed

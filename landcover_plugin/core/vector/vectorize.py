@@ -4,9 +4,9 @@ GDAL does the pixel work, streaming by scanlines: SieveFilter merges small regio
 into their largest neighbour, Polygonize traces each 4-connected region of one
 class into a scratch GeoPackage on disk. The regions are then burnt back as ids so
 that area and mean confidence per polygon come from one pass over the rasters.
-Simplification (simplify.py) cuts the boundaries at the corners where regions meet
-and simplifies each arc between them the same way for both polygons that share it,
-so neighbours keep sharing their boundaries, polygon by polygon, in bounded memory.
+Simplification (simplify.py, coverage.py) cuts the boundaries at the corners where regions
+meet and simplifies each arc between them once, the same way for both polygons that share
+it, so neighbours keep sharing their boundaries.
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ import numpy as np
 from ..errors import Cancelled, InputError
 from ..io.geo import GroundGeometry
 from ..model.classes import NODATA_CLASS
-from .simplify import Nodes, simplify_ring
+from .coverage import Coverage
+from .simplify import Nodes
 
 ROWS_PER_READ = 256
 LAYER = "landcover"
@@ -190,94 +191,15 @@ def _burn_fids(gdal, ids_ds, vec_ds, layer) -> int:
 
 def _records(layer, stats, names, simplify, nodes, gt) -> Iterator[Region]:
     area, conf = stats
-    keep = _arcs_to_keep(layer, nodes, simplify, gt) if simplify > 0 else frozenset()
+    coverage = None
+    if simplify > 0:
+        coverage = Coverage(nodes, simplify, gt)
+        coverage.settle(layer)
     layer.ResetReading()
     for f in layer:
         geom = f.GetGeometryRef()
-        wkb = _simplified(geom, nodes, simplify, gt, keep)[0].ExportToIsoWkb() if simplify > 0 else \
-            geom.ExportToIsoWkb()
+        wkb = coverage.wkb(coverage.simplify(geom)[0]) if coverage is not None else geom.ExportToIsoWkb()
         yield _record(wkb, f, area, conf, names)
-
-
-def _arcs_to_keep(layer, nodes, simplify, gt, rounds: int = 3) -> frozenset:
-    """Arcs left unsimplified because simplifying them made a polygon cross itself.
-
-    Where a region is thinner than twice the tolerance, its simplified arcs can cross. Such
-    arcs are kept as traced, for both polygons that share them, so that boundaries stay
-    shared; a few passes settle it (each pass re-checks polygons with the arcs kept so far).
-    """
-    from osgeo import gdal
-
-    keep: set = set()
-    gdal.PushErrorHandler("CPLQuietErrorHandler")  # GEOS would print where each polygon crosses itself
-    try:
-        for _ in range(rounds):
-            found = set()
-            layer.ResetReading()
-            for f in layer:
-                geom, keys, arcs = _simplified(f.GetGeometryRef(), nodes, simplify, gt, keep)
-                if not geom.IsValid():
-                    found.update(_crossing(arcs, keys))
-            if not found - keep:
-                break
-            keep |= found
-    finally:
-        gdal.PopErrorHandler()
-    return frozenset(keep)
-
-
-def _crossing(arcs: list, keys: list) -> set:
-    """Keys of the simplified arcs of one polygon that cross or touch another of its arcs (or
-    themselves) anywhere but at their shared end points."""
-    from osgeo import ogr
-
-    lines = []
-    for arc in arcs:
-        line = ogr.Geometry(ogr.wkbLineString)
-        for x, y in arc:
-            line.AddPoint_2D(float(x), float(y))
-        lines.append(line)
-    bad = {k for line, k in zip(lines, keys) if not line.IsSimple()}
-    for i in range(len(lines)):
-        for j in range(i + 1, len(lines)):
-            if not lines[i].Intersects(lines[j]):
-                continue
-            ends = {tuple(arcs[i][0]), tuple(arcs[i][-1])} & {tuple(arcs[j][0]), tuple(arcs[j][-1])}
-            inter = lines[i].Intersection(lines[j])
-            points = {(round(p[0], 9), round(p[1], 9)) for p in _points(inter)}
-            if inter.GetDimension() > 0 or points - {(float(x), float(y)) for x, y in ends}:
-                bad |= {keys[i], keys[j]}
-    return bad or set(keys)  # found nothing: keep the whole polygon as traced
-
-
-def _points(geom) -> list:
-    if geom.GetGeometryCount():
-        return [p for i in range(geom.GetGeometryCount()) for p in _points(geom.GetGeometryRef(i))]
-    return geom.GetPoints() or []
-
-
-def _simplified(geom, nodes: Nodes, tolerance: float, gt, keep=frozenset()):
-    """(the polygon with each boundary arc simplified in pixel space, back in map coordinates,
-    the keys of its arcs, the simplified arcs in pixel coordinates)."""
-    from osgeo import ogr
-
-    det = gt[1] * gt[5] - gt[2] * gt[4]
-    tol_px = tolerance / max(min(abs(gt[1]), abs(gt[5])), 1e-12)
-    out = ogr.Geometry(ogr.wkbPolygon)
-    keys, arcs = [], []
-    for i in range(geom.GetGeometryCount()):
-        xy = np.asarray(geom.GetGeometryRef(i).GetPoints(), np.float64)[:, :2] - (gt[0], gt[3])
-        # inverse geotransform, rounded: the vertices are pixel corners
-        px = np.rint((xy[:, 0] * gt[5] - xy[:, 1] * gt[2]) / det).astype(np.int64)
-        py = np.rint((xy[:, 1] * gt[1] - xy[:, 0] * gt[4]) / det).astype(np.int64)
-        ring, ring_keys, ring_arcs = simplify_ring(list(zip(px.tolist(), py.tolist())), nodes, tol_px, keep)
-        keys += ring_keys
-        arcs += ring_arcs
-        r = ogr.Geometry(ogr.wkbLinearRing)
-        for x, y in ring:
-            r.AddPoint_2D(gt[0] + x * gt[1] + y * gt[2], gt[3] + x * gt[4] + y * gt[5])
-        out.AddGeometry(r)
-    return out, keys, arcs
 
 
 def _record(wkb, f, area, conf, names) -> Region:
