@@ -42,10 +42,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     _common.setup(quiet=args.json)
     import numpy as np
-    import rasterio
 
-    from landcover_plugin.core.errors import InputError
-    from landcover_plugin.core.evaluation.metrics import confusion, scores
+    from landcover_plugin.core.evaluation.evaluation import raster_confusion
+    from landcover_plugin.core.evaluation.metrics import scores
     from landcover_plugin.core.io.pairs import pairs_from
     from landcover_plugin.core.model.bundled import resolve_model_path
     from landcover_plugin.core.model.model_file import load_model
@@ -66,14 +65,9 @@ def main(argv=None) -> int:
             res = segment(image, out, (network, spec), options=opts, log=lambda m: None)
             seconds += res.inference_seconds
             megapixels += res.megapixels
-            with rasterio.open(out) as ds:
-                pred = ds.read(1)
-            with rasterio.open(mask) as ds:
-                ref = ds.read(1)
-            if ref.shape != pred.shape:
-                raise InputError(f"The mask {os.path.basename(mask)} is {ref.shape[1]} x {ref.shape[0]} pixels but "
-                                 f"its image is {pred.shape[1]} x {pred.shape[0]}.")
-            m = confusion(ref, pred, ids)
+            m = raster_confusion(out, mask, ids, no_crs_message=(
+                f"The mask {os.path.basename(mask)} does not have the size of its image ({res.width} x "
+                f"{res.height} pixels) and has no CRS to align it by."))
             total += m
             if not args.json:
                 s = scores(m, names)

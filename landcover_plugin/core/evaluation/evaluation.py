@@ -1,4 +1,5 @@
-"""Compare a classified raster with a reference (raster of class ids, or polygons), block by block."""
+"""Confusion matrices: of a classified raster against a reference (raster of class ids, or polygons),
+block by block; and of a network on labelled images in memory, blended as the engine runs it."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +8,7 @@ from rasterio.enums import Resampling
 from rasterio.warp import reproject
 from rasterio.windows import Window
 
-from ..errors import InputError
+from ..errors import Cancelled, InputError
 from ..model.classes import NODATA_CLASS, LandClass
 from .metrics import confusion, scores
 
@@ -62,23 +63,56 @@ def reference_on_grid(pred_ds, reference_path: str) -> np.ndarray:
 def evaluate_classification(pred_path: str, reference: np.ndarray | str, classes: list[LandClass],
                             cancel=None) -> dict:
     """Scores of a class raster against a reference (array on its grid, or a raster path)."""
+    total = raster_confusion(pred_path, reference, [c.id for c in classes], cancel)
+    if total.sum() == 0:
+        raise InputError("The reference and the classified raster share no labelled pixel; check that they "
+                         "overlap and use the same class ids.")
+    return scores(total, [c.name for c in classes])
+
+
+def raster_confusion(pred_path: str, reference: np.ndarray | str, ids, cancel=None,
+                     no_crs_message: str | None = None) -> np.ndarray:
+    """Confusion matrix (with its unclassified column) of a class raster against a reference, block by block:
+    an array on the raster's grid, or a raster of class ids aligned to it (InputError(no_crs_message) where it
+    cannot be)."""
     cancel = cancel or (lambda: False)
-    ids = [c.id for c in classes]
-    names = [c.name for c in classes]
     with rasterio.open(pred_path) as pred:
-        ref = reference if isinstance(reference, np.ndarray) else reference_on_grid(pred, reference)
+        if isinstance(reference, np.ndarray):
+            ref = reference
+        elif no_crs_message:
+            ref = labels_on_grid(reference, pred.shape, pred.transform, pred.crs, no_crs_message)
+        else:
+            ref = reference_on_grid(pred, reference)
         if ref.shape != pred.shape:
             raise InputError("The reference does not cover the classified raster's grid.")
         total = np.zeros((len(ids), len(ids) + 1), np.int64)
         for r0 in range(0, pred.height, ROWS_PER_READ):
             if cancel():
-                from ..errors import Cancelled
-
                 raise Cancelled("Cancelled.")
             n = min(ROWS_PER_READ, pred.height - r0)
             p = pred.read(1, window=Window(0, r0, pred.width, n))
             total += confusion(ref[r0:r0 + n], p, ids)
-    if total.sum() == 0:
-        raise InputError("The reference and the classified raster share no labelled pixel; check that they "
-                         "overlap and use the same class ids.")
-    return scores(total, names)
+    return total
+
+
+def network_confusion(network, spec, items, device, tile: int, overlap: int, batch: int = 4) -> np.ndarray:
+    """Confusion matrix (with its unclassified column) of `network` over labelled images in memory (objects
+    with .image and .mask), blended as the engine does. An image smaller than the tile (a held-out block)
+    is one window of its own size."""
+    from ..inference.sliding import predict_array
+    from ..inference.windows import blend_weights
+    from ..model.predictor import Predictor
+
+    ids = [c.id for c in spec.classes]
+    total = np.zeros((len(ids), len(ids) + 1), np.int64)
+    lut = np.array(ids, np.uint8)
+    predictors = {}
+    m = 2 ** spec.depth
+    for s in items:
+        h, w = s.mask.shape
+        t, o = (tile, overlap) if max(h, w) > tile else (-(-max(h, w) // m) * m, 0)
+        if (t, o) not in predictors:
+            predictors[t, o] = Predictor(network, spec.mean, spec.std, blend_weights(t, o), device, batch)
+        pred = lut[predict_array(predictors[t, o], s.image, len(ids), t, o)]
+        total += confusion(s.mask, pred, ids)
+    return total
