@@ -26,7 +26,7 @@ from qgis.core import (
 )
 
 from ..core.model.device import PRECISIONS  # no torch at import
-from .algorithm import DEVICES, LandcoverAlgorithm, model_parameter
+from .algorithm import DEVICES, LandcoverAlgorithm, engine_warnings, model_parameter
 from .dependencies import require_engine
 from .layer_source import band_count, check_disk, fetch, grid_over, has_native_grid, is_local_file, remove, safe_source
 from .polygon_output import PolygonOutput, polygon_fields
@@ -184,9 +184,9 @@ class SegmentAlgorithm(LandcoverAlgorithm):
         from rasterio.transform import from_bounds
 
         from ..core.errors import LandcoverError
+        from ..core.inference.plan import chosen_bands, region_of_extent
         from ..core.model.bundled import resolve_model_path
         from ..core.model.model_file import read_spec
-        from ..core.segment import chosen_bands, region_of_extent
 
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         try:
@@ -268,7 +268,8 @@ class SegmentAlgorithm(LandcoverAlgorithm):
         conf_out = self.parameterAsOutputLayer(parameters, self.OUTPUT_CONFIDENCE, context) or None
         report_out = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context) or None
         try:
-            model = load_model(resolve_model_path(model_path))
+            with engine_warnings(feedback):
+                model = load_model(resolve_model_path(model_path))
         except LandcoverError as exc:
             raise QgsProcessingException(str(exc)) from None
         spec = model[1]

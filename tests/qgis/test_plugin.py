@@ -1,5 +1,6 @@
 import json
 import os
+import struct
 import subprocess
 import sys
 
@@ -243,6 +244,37 @@ def test_unsafe_or_bad_model_files(provider, utm_raster, tmp_path):
     bad.write_bytes(b"\x80\x04\x95 pickled")
     with pytest.raises(QgsProcessingException, match="pickle"):
         run("landcover:segment", {"INPUT": utm_raster, "MODEL": str(bad), "OUTPUT_RASTER": str(tmp_path / "c.tif")})
+
+
+def test_damaged_and_old_model_files(provider, utm_raster, small_model, tmp_path):
+    """A damaged copy is refused before anything runs; a file from before checksums runs, with a warning."""
+    from landcover_plugin.core.model.model_file import DIGEST_KEY
+
+    blob = bytearray(open(small_model, "rb").read())
+    blob[-3] ^= 0x40
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(bytes(blob))
+    with pytest.raises(QgsProcessingException, match='"damaged.safetensors" is damaged'):
+        run("landcover:segment", {"INPUT": utm_raster, "MODEL": str(damaged), "OUTPUT_RASTER": str(tmp_path / "c.tif")})
+    assert not os.path.exists(tmp_path / "c.tif")
+
+    (n,) = struct.unpack("<Q", bytes(blob[:8]))
+    header = json.loads(bytes(blob[8:8 + n]))
+    del header["__metadata__"][DIGEST_KEY]
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    old = tmp_path / "old.safetensors"
+    old.write_bytes(struct.pack("<Q", len(raw)) + raw + open(small_model, "rb").read()[8 + n:])
+    warnings = []
+
+    class Feedback(QgsProcessingFeedback):
+        def pushWarning(self, text):  # noqa: N802
+            warnings.append(text)
+
+    out = run("landcover:segment", {"INPUT": utm_raster, "MODEL": str(old), "OUTPUT_RASTER": str(tmp_path / "c.tif")},
+              feedback=Feedback())
+    assert os.path.exists(out["OUTPUT_RASTER"])
+    assert any('"old.safetensors" was saved before model files carried a checksum' in w for w in warnings), warnings
 
 
 def test_cuda_asked_without_cuda(provider, utm_raster, small_model, tmp_path):

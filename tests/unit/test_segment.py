@@ -138,32 +138,51 @@ def test_raster_without_crs_runs_with_a_warning(tmp_path, model_file):
 
 
 @needs_gdal
-def test_geographic_raster_and_model_gsd_resample(tmp_path, model_file):
-    # ~0.5 m pixels at 25 N expressed in degrees; the model says it was trained at 1 m
-    px = fixture_pixels()[:, :240, :260]
+def _brightness_model(gsd):
+    """A network whose classes are known: class 1 where band 1 is brighter than the model's mean, else 0
+    (a 1x1 convolution), so a test can tell where the labels must lie."""
+    from landcover_plugin.core.model.classes import DEFAULT_CLASSES
+    from landcover_plugin.core.model.spec import ModelSpec
+
+    net = torch.nn.Conv2d(3, len(DEFAULT_CLASSES), 1)
+    with torch.no_grad():
+        net.weight.zero_()
+        net.bias.zero_()
+        net.weight[1, 0] = 1.0
+    spec = ModelSpec(classes=DEFAULT_CLASSES, bands=(1, 2, 3), mean=(110.0,) * 3, std=(50.0,) * 3, gsd=gsd,
+                     tile_size=64, overlap=16)
+    return net.eval(), spec
+
+
+def test_geographic_raster_and_model_gsd_resample(tmp_path):
+    # ~0.5 m pixels at 25 N expressed in degrees; the model says it works at 1 m: windows are halved, and the
+    # classes brought back onto the raster's grid must lie where the bright rectangle is, to a pixel
+    px = np.full((3, 240, 260), 100, np.uint8)
+    px[0] = 20
+    px[0, 60:141, 80:201] = 200
     deg = 0.5 / 111195.0
     img = write_raster(tmp_path / "geo.tif", px, crs=WGS84, transform=Affine(deg / 0.906, 0, 55.0, 0, -deg, 25.0))
-    net, spec = make_model(gsd=1.0, tile=64, overlap=16)
     logs = []
-    res = segment(img, str(tmp_path / "c.tif"), (net, spec), confidence_path=str(tmp_path / "p.tif"),
-                  vector_path=str(tmp_path / "v.gpkg"), log=logs.append)
+    res = segment(img, str(tmp_path / "c.tif"), _brightness_model(gsd=1.0), confidence_path=str(tmp_path / "p.tif"),
+                  vector_path=str(tmp_path / "v.gpkg"), log=logs.append, options=SegmentOptions(precision="fp32"))
     assert res.scale == pytest.approx(0.5, rel=0.02)
     assert any("resampled" in m for m in logs)
     with rasterio.open(res.class_path) as c, rasterio.open(img) as src:
         assert c.shape == src.shape and c.transform == src.transform and c.crs == src.crs
         labels = c.read(1)
-    assert labels.max() < 5 and len(np.unique(labels)) >= 2
+    inside = np.zeros(labels.shape, bool)
+    inside[60:141, 80:201] = True
+    assert (labels[61:140, 81:200] == 1).all()  # the rectangle, but for its edge pixels
+    near = np.zeros(labels.shape, bool)
+    near[59:142, 79:202] = True
+    assert (labels[~near] == 0).all()  # and nothing a pixel beyond it
+    assert abs(int((labels == 1).sum()) - int(inside.sum())) < 2 * (81 + 121)
     total = sum(a.area for a in res.areas)
     assert total == pytest.approx(240 * 260 * 0.25, rel=0.02)  # square metres, not degrees
-    # the same model at the raster's own resolution gives labels of the same kind
-    same = segment(img, str(tmp_path / "c2.tif"), _without_gsd(net, spec))
-    assert same.scale == 1.0 and (_read(same.class_path) == labels).mean() > 0.3
-
-
-def _without_gsd(net, spec):
-    from dataclasses import replace
-
-    return net, replace(spec, gsd=None)
+    # at the raster's own resolution the same network puts the rectangle in the same place exactly
+    same = segment(img, str(tmp_path / "c2.tif"), _brightness_model(gsd=None), options=SegmentOptions(precision="fp32"))
+    assert same.scale == 1.0
+    np.testing.assert_array_equal(_read(same.class_path), inside.astype(np.uint8))
 
 
 @needs_gdal
@@ -252,11 +271,29 @@ def test_progress_rises_to_one(tmp_path, utm_raster, model_file):
     assert seen[-1] == 1.0 and all(b >= a - 1e-9 for a, b in zip(seen, seen[1:])) and len(seen) > 5
 
 
-def test_tta_averages_flips_and_rotations(tmp_path, utm_raster, model_file):
-    plain = _read(segment(utm_raster, str(tmp_path / "a.tif"), model_file).class_path)
-    tta = _read(segment(utm_raster, str(tmp_path / "b.tif"), model_file, options=SegmentOptions(tta=True)).class_path)
-    assert tta.shape == plain.shape and tta.max() < 5
-    assert 0.3 < (tta == plain).mean() < 1.0
+def test_tta_of_a_turned_raster_is_the_turned_tta(tmp_path):
+    """Test-time augmentation averages the network over the eight flips and turns of each window, each undone
+    before averaging: classifying a turned or mirrored raster then gives the turned or mirrored classes, pixel
+    for pixel, where the windows fall alike (a square of whole tiles). A wrong inverse turn breaks this; the
+    network alone is far from it."""
+    model = make_model(tile=64, overlap=0)
+    px = fixture_pixels()[:, 100:228, 200:328]
+
+    def classes(pixels, name, tta):
+        path = write_raster(tmp_path / f"{name}.tif", np.ascontiguousarray(pixels), crs=UTM,
+                            transform=from_origin(0, 0, 0.5, 0.5))
+        return _read(segment(path, str(tmp_path / f"{name}_c.tif"), model, log=lambda m: None,
+                             options=SegmentOptions(tta=tta, precision="fp32", device="cpu")).class_path)
+
+    for tta in (True, False):
+        ref = classes(px, f"ref{tta}", tta)
+        agree = [(np.rot90(ref, k) == classes(np.rot90(px, k, axes=(1, 2)), f"r{k}{tta}", tta)).mean()
+                 for k in (1, 2, 3)]
+        agree.append((ref[:, ::-1] == classes(px[:, :, ::-1], f"m{tta}", tta)).mean())
+        if tta:
+            assert agree == [1.0, 1.0, 1.0, 1.0]
+        else:
+            assert max(agree) < 0.9, agree  # 0.55-0.75 when written
 
 
 def test_out_of_memory_halves_the_batch(tmp_path, utm_raster, model_file, monkeypatch):
@@ -297,8 +334,12 @@ def test_cuda_matches_cpu(tmp_path, utm_raster, model_file):
 
 @cuda
 def test_cuda_tta_and_auto_batch(tmp_path, utm_raster, model_file):
+    """On a GPU the automatic batch fills more than a few windows, and TTA there gives the CPU's classes."""
     res = segment(utm_raster, str(tmp_path / "b.tif"), model_file, options=SegmentOptions(device="auto", tta=True))
-    assert res.device.startswith("cuda") and res.batch_size >= 1
+    assert res.device.startswith("cuda") and res.batch_size >= 4
+    cpu = segment(utm_raster, str(tmp_path / "c.tif"), model_file,
+                  options=SegmentOptions(device="cpu", tta=True, precision="fp32"))
+    assert (_read(res.class_path) == _read(cpu.class_path)).mean() > 0.99
 
 
 def test_bad_paths_are_refused_before_any_work(tmp_path, utm_raster, model_file):
@@ -347,7 +388,7 @@ def test_gpu_host_path_on_the_cpu_writes_the_same_outputs(tmp_path, monkeypatch,
     """Several reader threads with their own handles, strips gathered and handed on late, outputs
     written by a thread of their own (the CUDA path), run on the CPU: labels and confidence equal
     the plain path's, masks included."""
-    from landcover_plugin.core import segment as segment_module
+    from landcover_plugin.core.inference import run as run_module
     from landcover_plugin.core.inference import sinks, strips
 
     px = fixture_pixels()[:, :230, :250]
@@ -358,8 +399,8 @@ def test_gpu_host_path_on_the_cpu_writes_the_same_outputs(tmp_path, monkeypatch,
     model = make_model(gsd=gsd, tile=64, overlap=16)
     opts = SegmentOptions(device="cpu", precision="fp32", batch_size=3)
     plain = segment(img, str(tmp_path / "a.tif"), model, confidence_path=str(tmp_path / "pa.tif"), options=opts)
-    monkeypatch.setattr(segment_module, "read_threads", lambda device: 3)
-    monkeypatch.setattr(segment_module, "write_in_background", lambda device: True)
+    monkeypatch.setattr(run_module, "read_threads", lambda device: 3)
+    monkeypatch.setattr(run_module, "write_in_background", lambda device: True)
     monkeypatch.setattr(sinks, "host_sink", lambda *a: strips.host_sink(*a[:5], True))
     gpu_like = segment(img, str(tmp_path / "b.tif"), model, confidence_path=str(tmp_path / "pb.tif"), options=opts)
     assert gpu_like.scale == plain.scale == (0.5 if gsd else 1.0)

@@ -1,0 +1,134 @@
+"""What a run will do, decided from the raster's header, the model and the options before any pixel is
+read or any network runs: bands, the region an extent covers, ground geometry, resampling, tiling and
+the polygon settings. Pure: no torch, no pixels read, so the QGIS side checks parameters with the same code."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from rasterio.windows import transform as window_transform
+
+from ..errors import InputError
+from ..io.geo import GroundGeometry, ground_geometry
+from ..io.reader import Region
+from ..model.spec import ModelSpec
+
+GSD_TOLERANCE = 0.10  # resolutions this close to the model's are classified unresampled
+MIN_TILE = 32
+
+
+@dataclass
+class SegmentOptions:
+    bands: tuple[int, ...] | None = None  # 1-based, in the order the model expects
+    extent: tuple[float, float, float, float] | None = None  # xmin, ymin, xmax, ymax in the raster's CRS
+    tile_size: int | None = None
+    overlap: int | None = None
+    batch_size: int = 0  # 0: choose for the device
+    device: str = "auto"
+    precision: str = "auto"  # auto, fp32, bf16 or int8 (CPU): see device.choose_precision
+    tta: bool = False
+    min_area: float | None = None  # square ground units; smaller regions join their neighbours; None: the model's
+    simplify: float | None = None  # polygon simplification tolerance in map units; None: the model's
+    cluster: object | None = None  # a cluster.Cluster: the rows run as blocks on Dask workers
+
+
+@dataclass(frozen=True)
+class Plan:
+    bands: tuple[int, ...]
+    region: Region  # the pixels classified, in the raster's grid
+    transform: object  # affine transform of the outputs (the region's)
+    crs: object
+    geometry: GroundGeometry
+    scale: float  # raster resolution / model resolution; 1.0: windows are not resampled
+    tile: int
+    overlap: int
+    warnings: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # what the log should say about the plan
+
+
+def plan(src, spec: ModelSpec, opts: SegmentOptions) -> Plan:
+    """The plan for a raster whose header `src` gives (count, width, height, transform, crs, as a rasterio
+    dataset has them); InputError where the options do not fit the raster or the model."""
+    bands = chosen_bands(opts.bands, src.count, spec)
+    region = region_of_extent(opts.extent, src.transform, src.width, src.height)
+    transform = window_transform(region.window, src.transform)
+    geometry = ground_geometry(src.crs, transform, region.height, region.width)
+    warnings = () if src.crs is not None else (
+        "The raster has no CRS: outputs are in pixel units and the model's ground resolution cannot be checked.",)
+    scale = resample_scale(spec.gsd, geometry.gsd)
+    notes = () if scale == 1.0 else (
+        f"The raster's resolution is {geometry.gsd:.3g} m and the model's {spec.gsd:.3g} m: windows are "
+        f"resampled by {scale:.3g}.",)
+    tile, overlap = tiling(opts, spec)
+    return Plan(bands, region, transform, src.crs, geometry, scale, tile, overlap, warnings, notes)
+
+
+def chosen_bands(bands, count: int, spec: ModelSpec) -> tuple[int, ...]:
+    """The 1-based bands a raster of `count` bands gives the model: `bands` where chosen, else the model's."""
+    bands = tuple(bands) if bands else spec.bands
+    if len(bands) != spec.in_channels:
+        raise InputError(f"The model expects {spec.in_channels} input bands but {len(bands)} were chosen; "
+                         f"choose {spec.in_channels} bands.")
+    bad = [b for b in bands if not 1 <= b <= count]
+    if bad:
+        raise InputError(f"Band {bad[0]} does not exist: the raster has {count} band(s); choose bands from 1 to "
+                         f"{count} ({spec.in_channels} of them, in the order the model expects).")
+    return bands
+
+
+def region_of_extent(extent, transform, width: int, height: int) -> Region:
+    """The pixels of a width x height raster (affine `transform`) that `extent` (xmin, ymin, xmax, ymax
+    in the raster's CRS) covers, snapped outwards to whole pixels; the whole raster without an extent."""
+    if not extent:
+        return Region(0, 0, width, height)
+    xmin, ymin, xmax, ymax = extent
+    if not (xmax > xmin and ymax > ymin):
+        raise InputError("The extent is empty; give xmin < xmax and ymin < ymax.")
+    inverse = ~transform
+    corners = [inverse * (x, y) for x in (xmin, xmax) for y in (ymin, ymax)]
+    cols, rows = [c for c, _ in corners], [r for _, r in corners]
+    # snap outwards to whole pixels, forgiving rounding noise in the coordinates
+    c0, r0 = max(0, math.floor(min(cols) + 1e-6)), max(0, math.floor(min(rows) + 1e-6))
+    c1, r1 = min(width, math.ceil(max(cols) - 1e-6)), min(height, math.ceil(max(rows) - 1e-6))
+    if c1 <= c0 or r1 <= r0:
+        raise InputError("The extent does not overlap the raster; choose an extent inside the layer "
+                         "(in the layer's CRS).")
+    return Region(c0, r0, c1 - c0, r1 - r0)
+
+
+def resample_scale(model_gsd: float | None, raster_gsd: float | None) -> float:
+    """How much windows are resampled: the raster's resolution over the model's, or 1.0 where either is
+    unknown or they are within GSD_TOLERANCE of each other."""
+    if not model_gsd or not raster_gsd:
+        return 1.0
+    ratio = raster_gsd / model_gsd
+    return 1.0 if abs(ratio - 1.0) <= GSD_TOLERANCE else ratio
+
+
+def tiling(opts: SegmentOptions, spec: ModelSpec) -> tuple[int, int]:
+    """(tile, overlap): the options' where given, else the model's; InputError for sizes that cannot blend."""
+    tile = opts.tile_size or spec.tile_size
+    overlap = spec.overlap if opts.overlap is None else opts.overlap
+    if tile < MIN_TILE:
+        raise InputError(f"The tile size must be at least {MIN_TILE} pixels.")
+    if overlap < 0 or overlap * 2 >= tile:
+        raise InputError(f"The overlap ({overlap}) must be at least 0 and less than half the tile size ({tile}).")
+    return tile, overlap
+
+
+def polygon_settings(opts: SegmentOptions, spec: ModelSpec, geometry, transform) -> tuple[float, float]:
+    """(minimum area in square ground units, simplification in map units): the options where given, else
+    the model's defaults, which are in metres and become the raster's units here. A raster without
+    georeferencing is taken to be at the model's ground resolution, as it is classified unresampled."""
+    min_area, simplify = opts.min_area, opts.simplify
+    if min_area is not None and simplify is not None:
+        return min_area, simplify
+    metres_per_px = geometry.gsd or spec.gsd
+    map_units_per_px = abs(transform.a)  # of the outputs' grid
+    if min_area is None:
+        m2 = spec.polygons.min_area_m2
+        min_area = m2 if geometry.units != "pixels" else m2 / metres_per_px ** 2 if metres_per_px else 0.0
+    if simplify is None:
+        m = spec.polygons.simplify_m
+        simplify = m / metres_per_px * map_units_per_px if metres_per_px else 0.0
+    return min_area, simplify
