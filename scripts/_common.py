@@ -44,35 +44,48 @@ def run_main(main) -> None:
         sys.exit(130)
 
 
-class ProgressLine:
-    """A progress bar on stderr (a line every tenth where stderr is not a terminal), with log lines above it."""
+class ProgressBar:
+    """tqdm's bar on stderr for a job that reports fractions of 1, log lines written above it; where stderr is
+    not a terminal (a log file, CI), a line at most every 30 seconds."""
 
-    def __init__(self, label: str, quiet: bool = False, width: int = 30):
-        self.label, self.quiet, self.width = label, quiet, width
-        self.tty = sys.stderr.isatty()
-        self.shown = -1
+    def __init__(self, label: str, quiet: bool = False):
+        from tqdm import tqdm
+
+        self.quiet = quiet
+        self.bar = tqdm(total=100, desc=label, file=sys.stderr, disable=quiet,
+                        mininterval=0.5 if sys.stderr.isatty() else 30,
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}")
 
     def update(self, fraction: float) -> None:
-        if self.quiet:
-            return
-        percent = int(100 * min(max(fraction, 0.0), 1.0))
-        if self.tty and percent != self.shown:
-            done = self.width * percent // 100
-            sys.stderr.write(f"\r{self.label} [{'#' * done}{'.' * (self.width - done)}] {percent:3d}%")
-            sys.stderr.flush()
-        elif not self.tty and percent // 10 != self.shown // 10:
-            print(f"{self.label}: {percent}%", file=sys.stderr, flush=True)
-        self.shown = percent
+        done = int(100 * min(max(fraction, 0.0), 1.0))
+        if done > self.bar.n:
+            self.bar.update(done - self.bar.n)
 
     def log(self, message: str) -> None:
-        if self.quiet:
-            return
-        if self.tty and self.shown >= 0:
-            sys.stderr.write("\r\033[K")
-        print(message, file=sys.stderr, flush=True)
-        if self.tty and self.shown >= 0:
-            self.update(self.shown / 100)
+        if not self.quiet:
+            self.bar.write(message, file=sys.stderr)
 
     def close(self) -> None:
-        if self.tty and self.shown >= 0 and not self.quiet:
-            sys.stderr.write("\n")
+        self.bar.close()
+
+
+class EpochBar:
+    """A training run's steps as tqdm bars on stderr, one per epoch, with the recent loss (training.Hooks.step)."""
+
+    def __init__(self):
+        self.bar, self.epoch = None, None
+
+    def __call__(self, epoch: int, epochs: int, done: int, steps: int, loss: float) -> None:
+        from tqdm import tqdm
+
+        if epoch != self.epoch or self.bar is None or steps != self.bar.total:
+            self.close()
+            self.bar, self.epoch = tqdm(total=steps, desc=f"epoch {epoch}/{epochs}", file=sys.stderr, leave=False,
+                                        mininterval=0.5 if sys.stderr.isatty() else 30), epoch
+        self.bar.update(done - self.bar.n)
+        self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     options = SegmentOptions(bands=tuple(args.bands) if args.bands else None, tile_size=args.tile_size,
                              overlap=args.overlap, batch_size=args.batch_size, device=args.device, tta=args.tta,
                              precision=args.precision, min_area=args.min_area, simplify=args.simplify)
-    bar = _common.ProgressLine("segment", quiet=args.json)
+    bar = _common.ProgressBar("segment", quiet=args.json)
     results = segment_many(args.inputs, args.output_dir, args.model, options, workers=args.workers,
                            scheduler=args.scheduler, block_size=args.block_size, polygons=not args.no_polygons,
                            log=bar.log, progress=bar.update)

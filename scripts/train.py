@@ -87,7 +87,7 @@ def parse_args(argv=None):
 
 def _config(args, cuda: bool, extra: dict):
     """TrainConfig from the options given, the rest from the fine-tuning (--init) or from-scratch settings."""
-    from landcover_plugin.core.training.trainer import TrainConfig, fine_tuning_config
+    from landcover_plugin.core.training.config import TrainConfig, fine_tuning_config
 
     given = dict(tile=args.tile, batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs,
                  encoder_lr_factor=args.encoder_lr_factor, head_lr_factor=args.head_lr_factor,
@@ -120,8 +120,8 @@ def _vector_items(args, classes, bands, init_spec):
     """Items of --raster/--vector pairs, the class table from the fields' values unless --classes gave one."""
     from landcover_plugin.core.io.class_table import class_table
     from landcover_plugin.core.io.labels import class_values
+    from landcover_plugin.core.training.config import Hooks
     from landcover_plugin.core.training.job import Labels, load_labelled, target_gsd
-    from landcover_plugin.core.training.trainer import Hooks
 
     labels = [Labels(vector=v, layer=args.layer, field=args.class_field) for v in args.vector]
     if classes is None:
@@ -135,11 +135,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     _common.setup()
     import torch
+    from tqdm import tqdm
 
     from landcover_plugin.core.errors import InputError, ModelFileError
     from landcover_plugin.core.io.pairs import pair_files
     from landcover_plugin.core.model.classes import DEFAULT_CLASSES, parse_classes
     from landcover_plugin.core.model.model_file import read_spec
+    from landcover_plugin.core.training.config import Hooks
     from landcover_plugin.core.training.data import load_pairs, split
     from landcover_plugin.core.training.label_split import spatial_split
     from landcover_plugin.core.training.trainer import train
@@ -188,8 +190,13 @@ def main(argv=None) -> int:
     sources = ([os.path.abspath(args.images)] if args.images else []) + [os.path.abspath(v) for v in args.vector]
     note = f"{len(train_items)} labelled images from {', '.join(sources)}"
     command = "python scripts/train.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    result = train(cfg, train_items, val_items, classes, bands, args.out, log_dir, resume=args.resume,
-                   data_note=note, command=command)
+    bar = _common.EpochBar()
+    hooks = Hooks(step=bar, log=lambda message: tqdm.write(message, file=sys.stderr))
+    try:
+        result = train(cfg, train_items, val_items, classes, bands, args.out, log_dir, resume=args.resume,
+                       data_note=note, command=command, hooks=hooks)
+    finally:
+        bar.close()
     if int(os.environ.get("RANK", "0")) == 0:
         # without validation `best` ranks epochs by training loss (an average always wins): no mean IoU to give
         best = round(result.best, 5) if val_items else None

@@ -24,7 +24,7 @@ from qgis.core import (
     QgsWkbTypes,
 )
 
-from .algorithm import DEVICES, LandcoverAlgorithm, model_parameter
+from .algorithm import DEVICES, LandcoverAlgorithm, engine_warnings, model_parameter
 from .dependencies import require_engine
 
 
@@ -124,8 +124,8 @@ class TrainAlgorithm(LandcoverAlgorithm):
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         require_engine()
         from ..core.errors import Cancelled, LandcoverError
+        from ..core.training.config import Hooks
         from ..core.training.job import TrainJob, run
-        from ..core.training.trainer import Hooks
 
         rasters = self._rasters(parameters, context)
         labels = self._labels(parameters, context, feedback)
@@ -146,9 +146,10 @@ class TrainAlgorithm(LandcoverAlgorithm):
             device=self.device(parameters, context), report_path=report,
             command="landcover:train")
         hooks = Hooks(log=feedback.pushInfo, progress=lambda f: feedback.setProgress(100.0 * f),
-                      cancel=feedback.isCanceled, bar=False)
+                      cancel=feedback.isCanceled)
         try:
-            result = run(job, hooks)
+            with engine_warnings(feedback):
+                result = run(job, hooks)
         except Cancelled as exc:
             raise QgsProcessingException(str(exc)) from None
         except LandcoverError as exc:

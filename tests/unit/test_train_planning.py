@@ -148,8 +148,8 @@ def test_rasters_of_several_resolutions_are_read_at_one(tmp_path):
     from osgeo import ogr, osr
     from rasterio.transform import from_origin
 
+    from landcover_plugin.core.training.config import Hooks
     from landcover_plugin.core.training.job import Labels, load_labelled, target_gsd
-    from landcover_plugin.core.training.trainer import Hooks
 
     fine = write_raster(tmp_path / "fine.tif", np.full((3, 120, 120), 50, np.uint8), crs="EPSG:32640",
                         transform=from_origin(500000, 2800000, 0.5, 0.5))

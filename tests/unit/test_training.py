@@ -301,20 +301,21 @@ def test_starting_head_keeps_the_rows_of_classes_named_alike(tmp_path):
 
     from landcover_plugin.core.model.classes import LandClass
     from landcover_plugin.core.model.model_file import save_model
-    from landcover_plugin.core.training.trainer import TrainConfig, _start_model
+    from landcover_plugin.core.training.config import TrainConfig
+    from landcover_plugin.core.training.fine_tune import start_model
 
     net, spec = make_model()
     path = str(tmp_path / "start.safetensors")
     save_model(path, net, spec)
     ours = (LandClass(0, "lava", "#ff0000"), LandClass(3, "Water", "#0000ff"), LandClass(5, "road", "#555555"))
     logged = []
-    state, _ = _start_model(TrainConfig(init=path), ours, 3, logged.append)
+    state, _ = start_model(TrainConfig(init=path), ours, 3, logged.append)
     head = net.state_dict()["head.weight"]
     assert torch.equal(state["head.weight"][1], head[3]) and torch.equal(state["head.weight"][2], head[4])
     assert state["head.weight"].shape[0] == 3 and not any(torch.equal(state["head.weight"][0], r) for r in head)
     assert any("but for the rows of Water, road" in m for m in logged)
     with pytest.raises(InputError, match="takes 3 bands, but 4 are given"):
-        _start_model(TrainConfig(init=path), ours, 4, logged.append)
+        start_model(TrainConfig(init=path), ours, 4, logged.append)
 
 
 def test_checkpoint_averaging_is_scored_and_kept_only_when_better(tmp_path, pattern_dir):

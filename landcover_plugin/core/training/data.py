@@ -245,3 +245,32 @@ def epoch_size(items: list[Labelled], tile: int, passes: float) -> int:
     """Windows per epoch so that an epoch covers the labelled training pixels `passes` times."""
     pixels = sum(int(np.count_nonzero(s.mask != NODATA_CLASS)) for s in items)
     return max(1, math.ceil(passes * pixels / (tile * tile)))
+
+
+def band_stats(items: list[Labelled]) -> tuple[list[float], list[float]]:
+    bands = items[0].image.shape[0]
+    total = np.zeros(bands)
+    sq = np.zeros(bands)
+    n = 0
+    for s in items:
+        x = s.image.reshape(bands, -1).astype(np.float64)
+        total += x.sum(1)
+        sq += (x ** 2).sum(1)
+        n += x.shape[1]
+    mean = total / n
+    std = np.sqrt(np.maximum(sq / n - mean ** 2, 1e-6))
+    return [round(float(v), 3) for v in mean], [round(float(v), 3) for v in std]
+
+
+def val_subset(items: list[Labelled], max_pixels: int | None, seed: int) -> list[Labelled]:
+    """A fixed random subset of validation items holding at most max_pixels of imagery (all when None)."""
+    if not max_pixels or sum(s.mask.size for s in items) <= max_pixels:
+        return items
+    order = np.random.default_rng(seed).permutation(len(items))
+    out, total = [], 0
+    for k in order:
+        if total + items[k].mask.size > max_pixels and out:
+            continue
+        out.append(items[k])
+        total += items[k].mask.size
+    return out

@@ -197,7 +197,8 @@ def run(job: TrainJob, hooks=None) -> JobResult:
     """Train as the job says; raises InputError before anything is written when the inputs do not fit."""
     from ..model.bundled import resolve_model_path
     from ..model.model_file import read_spec
-    from .trainer import Hooks, TrainConfig, fine_tuning_config, train
+    from .config import Hooks, TrainConfig, fine_tuning_config
+    from .trainer import train
 
     hooks = hooks or Hooks()
     started = time.perf_counter()
