@@ -176,6 +176,23 @@ def start_qgis():
     return app, provider
 
 
+def _test_scores(run, data, models: dict, classes, device: int, w: str, seed: int) -> dict:
+    """Mean and per-class IoU on the test mosaic of each model (through landcover:segment) and of the random
+    forest baseline."""
+    out = {}
+    for name, model in models.items():
+        seg = run("landcover:segment", {"INPUT": data["test_image"], "MODEL": model, "DEVICE": device,
+                                        "OUTPUT_RASTER": os.path.join(w, f"test_{name}.tif")})
+        ev = run("landcover:evaluate", {"INPUT": seg["OUTPUT_RASTER"], "REFERENCE": data["test_mask"],
+                                        "OUTPUT_REPORT": os.path.join(w, f"evaluation_{name}.html")})
+        out[f"{name}_miou"], out[f"{name}_iou"] = ev["MIOU"], json.loads(ev["IOU"])
+    out["forest_seconds"] = round(random_forest(data, classes, os.path.join(w, "test_forest.tif"), seed), 1)
+    ev = run("landcover:evaluate", {"INPUT": os.path.join(w, "test_forest.tif"), "REFERENCE": data["test_mask"],
+                                    "OUTPUT_REPORT": os.path.join(w, "evaluation_forest.html")})
+    out["forest_miou"], out["forest_iou"] = ev["MIOU"], json.loads(ev["IOU"])
+    return out
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     _common.setup(quiet=True)
@@ -220,16 +237,7 @@ def main(argv=None) -> int:
     models = {"adapted": trained["OUTPUT_MODEL"]}
     if args.map:
         models["bundled"] = ""
-    for name, model in models.items():
-        seg = run("landcover:segment", {"INPUT": data["test_image"], "MODEL": model, "DEVICE": device,
-                                        "OUTPUT_RASTER": os.path.join(w, f"test_{name}.tif")})
-        ev = run("landcover:evaluate", {"INPUT": seg["OUTPUT_RASTER"], "REFERENCE": data["test_mask"],
-                                        "OUTPUT_REPORT": os.path.join(w, f"evaluation_{name}.html")})
-        out[f"{name}_miou"], out[f"{name}_iou"] = ev["MIOU"], json.loads(ev["IOU"])
-    out["forest_seconds"] = round(random_forest(data, classes, os.path.join(w, "test_forest.tif"), args.seed), 1)
-    ev = run("landcover:evaluate", {"INPUT": os.path.join(w, "test_forest.tif"), "REFERENCE": data["test_mask"],
-                                    "OUTPUT_REPORT": os.path.join(w, "evaluation_forest.html")})
-    out["forest_miou"], out["forest_iou"] = ev["MIOU"], json.loads(ev["IOU"])
+    out.update(_test_scores(run, data, models, classes, device, w, args.seed))
     print(f"\ntest mosaic mean IoU: adapted {out['adapted_miou']:.3f}"
           + (f", bundled {out['bundled_miou']:.3f}" if "bundled_miou" in out else "")
           + f", random forest {out['forest_miou']:.3f}", file=sys.stderr)

@@ -504,33 +504,31 @@ def run_bench(argv) -> int:
     return 0
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    sub = p.add_subparsers(dest="cmd", required=True)
+def _network_options(sp, base_width, tile=512):
+    sp.add_argument("--base-width", type=int, default=base_width)
+    sp.add_argument("--depth", type=int, default=4)
+    sp.add_argument("--tile", type=int, default=tile)
+    sp.add_argument("--overlap", type=int, default=64)
+    sp.add_argument("--device", default="cpu", help=_common.DEVICE_HELP)
+    sp.add_argument("--batch-size", type=int, default=0)
+    sp.add_argument("--workdir", default=None, help="where temporary rasters go (default: system temp)")
 
-    def common(sp, base_width, tile=512):
-        sp.add_argument("--base-width", type=int, default=base_width)
-        sp.add_argument("--depth", type=int, default=4)
-        sp.add_argument("--tile", type=int, default=tile)
-        sp.add_argument("--overlap", type=int, default=64)
-        sp.add_argument("--device", default="cpu", help=_common.DEVICE_HELP)
-        sp.add_argument("--batch-size", type=int, default=0)
-        sp.add_argument("--workdir", default=None, help="where temporary rasters go (default: system temp)")
 
+def _engine_benches(sub) -> None:
     m = sub.add_parser("memory", help="peak RSS by raster size (each in its own process)")
-    common(m, 8)
+    _network_options(m, 8)
     m.add_argument("--sizes", type=int, nargs="+", default=[2048, 16384])
     a = sub.add_parser("agreement", help="label agreement between tile sizes")
-    common(a, 16)
+    _network_options(a, 16)
     a.add_argument("--tiles", type=int, nargs="+", default=[256, 1024])
     a.add_argument("--model")
     a.add_argument("--raster")
     t = sub.add_parser("throughput", help="megapixels per second")
-    common(t, 32)
+    _network_options(t, 32)
     t.add_argument("--size", type=int, default=2048)
     t.add_argument("--repeat", type=int, default=2)
     n = sub.add_parser("model", help="the network alone: MP/s per precision, FLOPs per pixel")
-    common(n, 32)
+    _network_options(n, 32)
     n.add_argument("--seconds", type=float, default=5.0)
     n.add_argument("--model", help="model file or bundled model name instead of a random U-Net of --base-width")
     n.add_argument("--compile", choices=("default", "reduce-overhead", "max-autotune"),
@@ -544,6 +542,13 @@ def parse_args(argv=None):
                     help="compared with fp32 (auto: what the engine picks for each image)")
     pr.add_argument("--json", action="store_true", help="accepted for symmetry: the last line is always JSON")
     pr.add_argument("--workdir", default=None)
+    c = sub.add_parser("_child")
+    c.add_argument("raster")
+    _network_options(c, 8)
+    c.add_argument("--confidence", action="store_true")
+
+
+def _scale_benches(sub) -> None:
     pa = sub.add_parser("parts", help="one raster on one device and on several at once: speed, identical outputs")
     pa.add_argument("--devices", default="cuda:all", help="the several: " + _common.DEVICE_HELP)
     pa.add_argument("--single", default="auto", help="the one device compared with")
@@ -575,10 +580,13 @@ def parse_args(argv=None):
     gp.add_argument("--workdir")
     gp.add_argument("--min-area", type=float, default=0.0)
     gp.add_argument("--simplify", type=float, default=0.0)
-    c = sub.add_parser("_child")
-    c.add_argument("raster")
-    common(c, 8)
-    c.add_argument("--confidence", action="store_true")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    _engine_benches(sub)
+    _scale_benches(sub)
     return p.parse_args(argv)
 
 

@@ -131,36 +131,50 @@ def _vector_items(args, classes, bands, init_spec):
     return load_labelled(list(zip(args.raster, labels)), classes, bands, gsd, Hooks()), classes, gsd
 
 
+def _classes(args):
+    """The --classes file's class table, or None."""
+    from landcover_plugin.core.errors import InputError, ModelFileError
+    from landcover_plugin.core.model.classes import parse_classes
+
+    if not args.classes:
+        return None
+    try:
+        with open(args.classes) as fh:
+            return parse_classes(json.load(fh), f"classes file {args.classes}")
+    except (OSError, ValueError) as exc:
+        raise InputError(f"The classes file {args.classes} cannot be read as JSON ({exc}).") from None
+    except ModelFileError as exc:
+        raise InputError(str(exc)) from None
+
+
+def _init_spec(args):
+    """The --init model file's spec, or None."""
+    from landcover_plugin.core.errors import InputError, ModelFileError
+    from landcover_plugin.core.model.model_file import read_spec
+
+    if not args.init:
+        return None
+    try:
+        return read_spec(args.init)
+    except ModelFileError as exc:
+        raise InputError(f"--init: {exc}") from None
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     _common.setup()
     import torch
     from tqdm import tqdm
 
-    from landcover_plugin.core.errors import InputError, ModelFileError
+    from landcover_plugin.core.errors import InputError
     from landcover_plugin.core.io.pairs import pair_files
-    from landcover_plugin.core.model.classes import DEFAULT_CLASSES, parse_classes
-    from landcover_plugin.core.model.model_file import read_spec
+    from landcover_plugin.core.model.classes import DEFAULT_CLASSES
     from landcover_plugin.core.training.config import Hooks
     from landcover_plugin.core.training.data import load_pairs, split
     from landcover_plugin.core.training.label_split import spatial_split
     from landcover_plugin.core.training.trainer import train
 
-    classes = None
-    if args.classes:
-        try:
-            with open(args.classes) as fh:
-                classes = parse_classes(json.load(fh), f"classes file {args.classes}")
-        except (OSError, ValueError) as exc:
-            raise InputError(f"The classes file {args.classes} cannot be read as JSON ({exc}).") from None
-        except ModelFileError as exc:
-            raise InputError(str(exc)) from None
-    init_spec = None
-    if args.init:
-        try:
-            init_spec = read_spec(args.init)
-        except ModelFileError as exc:
-            raise InputError(f"--init: {exc}") from None
+    classes, init_spec = _classes(args), _init_spec(args)
     bands = tuple(args.bands or (1, 2, 3))
     if len(args.raster) != len(args.vector):
         raise InputError("Give one --vector for each --raster.")

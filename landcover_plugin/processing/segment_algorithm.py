@@ -100,6 +100,12 @@ class SegmentAlgorithm(LandcoverAlgorithm):
                     "join their largest neighbour, in the raster and the polygons alike.</p>"))
 
     def initAlgorithm(self, config=None):  # noqa: N802
+        self._input_parameters()
+        self._engine_parameters()
+        self._region_parameters()
+        self._outputs()
+
+    def _input_parameters(self) -> None:
         add = self.add_parameter
         add(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Input raster")), self.tr("The image to classify."))
         add(model_parameter(self.MODEL, self.tr("Model (a bundled model, or a model file)")),
@@ -119,6 +125,9 @@ class SegmentAlgorithm(LandcoverAlgorithm):
                     "read through QGIS at this resolution over EXTENT, and the outputs are on that grid in the layer's "
                     "CRS. Empty: the model's ground resolution, else the layer's own where it has one. Given for a "
                     "local file, the file is resampled to it too."))
+
+    def _engine_parameters(self) -> None:
+        add = self.add_parameter
         add(QgsProcessingParameterNumber(self.TILE_SIZE, self.tr("Tile size in pixels (empty: the model's)"),
                                          QgsProcessingParameterNumber.Type.Integer, None, True, 32, 8192),
             self.tr("Window size the network sees at once; larger windows give more context and need more memory."),
@@ -145,6 +154,9 @@ class SegmentAlgorithm(LandcoverAlgorithm):
             advanced=True)
         add(QgsProcessingParameterBoolean(self.TTA, self.tr("Test-time augmentation (8x slower)"), defaultValue=False),
             self.tr("Average the predictions of the 8 flips and quarter turns of every window."), advanced=True)
+
+    def _region_parameters(self) -> None:
+        add = self.add_parameter
         add(QgsProcessingParameterNumber(self.MIN_AREA, self.tr("Minimum region area in m² (square pixels for a raster "
                                                                 "without CRS; empty: the model's)"),
                                          QgsProcessingParameterNumber.Type.Double, None, True, 0.0),
@@ -155,6 +167,9 @@ class SegmentAlgorithm(LandcoverAlgorithm):
             self.tr("In the input layer's units, which the dialog shows (and converts others to). Simplifies each edge "
                     "shared by two polygons once, so neighbours keep sharing their boundaries. Empty: the model's "
                     "default (none for land cover, straight building outlines for buildings)."))
+
+    def _outputs(self) -> None:
+        add = self.add_parameter
         add(QgsProcessingParameterRasterDestination(self.OUTPUT_RASTER, self.tr("Land-cover classes")),
             self.tr("Class ids, byte, nodata 255, styled with the class names and colours."))
         add(QgsProcessingParameterFeatureSink(self.OUTPUT_VECTOR, self.tr("Land-cover polygons"),
@@ -239,31 +254,16 @@ class SegmentAlgorithm(LandcoverAlgorithm):
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         require_engine()
         from ..core.errors import Cancelled, LandcoverError
-        from ..core.evaluation.report import write_area_report
         from ..core.model.bundled import resolve_model_path
         from ..core.model.model_file import load_model
-        from ..core.segment import SegmentOptions, segment
+        from ..core.segment import segment
 
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         if layer is None:
             raise QgsProcessingException(self.tr("The input raster could not be loaded."))
         source = layer.source()
         model_path = self.parameterAsFile(parameters, self.MODEL, context) or None
-        bands = self.parameterAsInts(parameters, self.BANDS, context) or None
-        extent = None
-        if parameters.get(self.EXTENT) and is_local_file(layer):
-            r = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
-            extent = (r.xMinimum(), r.yMinimum(), r.xMaximum(), r.yMaximum())
-        device = self.device(parameters, context)
-        opts = SegmentOptions(
-            bands=tuple(bands) if bands else None, extent=extent,
-            tile_size=self.optional_number(parameters, self.TILE_SIZE, context),
-            overlap=self.optional_number(parameters, self.OVERLAP, context),
-            batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context), device=device,
-            tta=self.parameterAsBool(parameters, self.TTA, context),
-            precision=self.parameterAsEnumString(parameters, self.PRECISION, context) or "auto",
-            min_area=self.optional_number(parameters, self.MIN_AREA, context, float),
-            simplify=self.optional_number(parameters, self.SIMPLIFY, context, float))
+        opts = self._options(parameters, context, layer)
         raster_out = self.parameterAsOutputLayer(parameters, self.OUTPUT_RASTER, context)
         conf_out = self.parameterAsOutputLayer(parameters, self.OUTPUT_CONFIDENCE, context) or None
         report_out = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context) or None
@@ -301,6 +301,36 @@ class SegmentAlgorithm(LandcoverAlgorithm):
                 polygons.discard()
         duration = time.perf_counter() - started
 
+        self._style_and_report(spec, result, opts, layer, model_path, duration, context, raster_out, vector_id,
+                               polygons, report_out)
+        for w in result.warnings:
+            feedback.pushWarning(w)
+        return {self.OUTPUT_RASTER: raster_out, self.OUTPUT_VECTOR: vector_id, self.OUTPUT_CONFIDENCE: conf_out,
+                self.OUTPUT_REPORT: report_out}
+
+    def _options(self, parameters, context, layer):
+        from ..core.segment import SegmentOptions
+
+        bands = self.parameterAsInts(parameters, self.BANDS, context) or None
+        extent = None
+        if parameters.get(self.EXTENT) and is_local_file(layer):
+            r = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
+            extent = (r.xMinimum(), r.yMinimum(), r.xMaximum(), r.yMaximum())
+        return SegmentOptions(
+            bands=tuple(bands) if bands else None, extent=extent,
+            tile_size=self.optional_number(parameters, self.TILE_SIZE, context),
+            overlap=self.optional_number(parameters, self.OVERLAP, context),
+            batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
+            device=self.device(parameters, context), tta=self.parameterAsBool(parameters, self.TTA, context),
+            precision=self.parameterAsEnumString(parameters, self.PRECISION, context) or "auto",
+            min_area=self.optional_number(parameters, self.MIN_AREA, context, float),
+            simplify=self.optional_number(parameters, self.SIMPLIFY, context, float))
+
+    @staticmethod
+    def _style_and_report(spec, result, opts, layer, model_path, duration, context, raster_out, vector_id, polygons,
+                          report_out) -> None:
+        """Class styles on the outputs (and on the layers loaded when the run ends) and the area report."""
+        from ..core.evaluation.report import write_area_report
         from .styling import ClassStyler, style_class_raster, style_polygons
 
         style_class_raster(raster_out, spec.classes)
@@ -320,10 +350,6 @@ class SegmentAlgorithm(LandcoverAlgorithm):
                 style_polygons(saved, outlined)
         if report_out:
             write_area_report(report_out, result.areas, result.area_units, f"Land cover: {layer.name()}", details)
-        for w in result.warnings:
-            feedback.pushWarning(w)
-        return {self.OUTPUT_RASTER: raster_out, self.OUTPUT_VECTOR: vector_id, self.OUTPUT_CONFIDENCE: conf_out,
-                self.OUTPUT_REPORT: report_out}
 
     @staticmethod
     def _fetch(layer, grid, steps, feedback) -> str:

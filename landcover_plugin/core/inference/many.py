@@ -12,6 +12,7 @@ import dataclasses
 import glob
 import hashlib
 import json
+import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..errors import InputError, LandcoverError
+
+logger = logging.getLogger("landcover")
 
 RASTER_EXTENSIONS = (".tif", ".tiff", ".vrt", ".jp2", ".img", ".png", ".jpg", ".jpeg", ".ecw", ".sid")
 SPOOL = ".landcover_blocks"  # under OUT: finished blocks of unfinished inputs
@@ -88,10 +91,8 @@ def _finished(out_dir: str, key: str, polygons: bool) -> bool:
     return done and all(os.path.exists(os.path.join(out_dir, n)) for n in names)
 
 
-def connect(workers: int | None = None, scheduler: str | None = None, log: Callable = print):
+def connect(workers: int | None = None, scheduler: str | None = None, log: Callable = logger.info):
     """(client, threads per worker): a local cluster of `workers` processes, or the cluster at `scheduler`."""
-    import logging
-
     from ..model.device import usable_cores
 
     try:
@@ -117,19 +118,18 @@ def connect(workers: int | None = None, scheduler: str | None = None, log: Calla
 
 def segment_many(inputs, out_dir: str, model=None, options=None, workers: int | None = None,
                  scheduler: str | None = None, block_size: int | None = None, polygons: bool = True,
-                 log: Callable = print, progress: Callable[[float], None] | None = None) -> list[InputResult]:
+                 log: Callable | None = None, progress: Callable[[float], None] | None = None) -> list[InputResult]:
     """Classify every input into its output folder; returns one InputResult an input, failures included."""
     from ..model.bundled import resolve_model_path
     from ..model.model_file import load_model
     from ..segment import SegmentOptions
-    from .cluster import DEFAULT_BLOCK, Cluster
 
+    log = log or logger.info
     paths = expand_inputs(inputs)
     dirs = output_dirs(paths, out_dir)
     made = not os.path.isdir(out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    network, spec = model if isinstance(model, tuple) else load_model(resolve_model_path(model))
-    options = options or SegmentOptions()
+    model = model if isinstance(model, tuple) else load_model(resolve_model_path(model))
     results = [InputResult(p, d) for p, d in zip(paths, dirs)]
     client, threads = None, 0
     if workers or scheduler:
@@ -141,43 +141,12 @@ def segment_many(inputs, out_dir: str, model=None, options=None, workers: int | 
             if made:
                 os.rmdir(out_dir)
             return results
-    scattered = client.scatter(network, broadcast=True, hash=False) if client is not None else None
-    fractions = [0.0] * len(paths)
-    lock = threading.Lock()
-
-    def report(i, f):
-        with lock:
-            fractions[i] = f
-            if progress:
-                progress(sum(fractions) / len(fractions))
-
-    def run(i: int) -> None:
-        item = results[i]
-        opts = options
-        if client is not None:
-            device = options.device if options.device in ("auto", "cpu", "cuda") else "auto"  # lists: per worker
-            opts = dataclasses.replace(options, cluster=Cluster(client, os.path.join(out_dir, SPOOL),
-                                                                block_size or DEFAULT_BLOCK, threads, device,
-                                                                scattered))
-        try:
-            key = _run_key(item.input, spec.name, network, options)
-            if _finished(item.out_dir, key, polygons):
-                item.skipped = True
-                report(i, 1.0)
-                log(f"{item.input}: finished by an earlier run with the same model and settings; skipped")
-                return
-            item.result = _segment_one(item, (network, spec), opts, polygons, key,
-                                       lambda f: report(i, f), log)
-        except Exception as exc:  # noqa: BLE001 (an input's failure is its own: the others go on)
-            item.error = str(exc) if isinstance(exc, LandcoverError) else f"{type(exc).__name__}: {exc}"
-            log(f"{item.input}: failed: {item.error}")
-            if os.path.isdir(item.out_dir) and not os.listdir(item.out_dir) and item.out_dir != out_dir:
-                os.rmdir(item.out_dir)  # made for it, left empty
-        report(i, 1.0)
-
+    runs = _Runs(results, model, options or SegmentOptions(), out_dir, polygons, log, progress)
+    if client is not None:
+        runs.on_cluster(client, threads, block_size)
     try:
         with ThreadPoolExecutor(max_workers=max(1, min(len(paths), workers or (8 if scheduler else 1)))) as pool:
-            list(pool.map(run, range(len(paths))))
+            list(pool.map(runs.run, range(len(paths))))
     finally:
         if client is not None:
             cluster = getattr(client, "cluster", None)
@@ -188,6 +157,49 @@ def segment_many(inputs, out_dir: str, model=None, options=None, workers: int | 
             if folder and os.path.isdir(folder) and not os.listdir(folder):
                 os.rmdir(folder)  # made here and left empty: nothing came of the run
     return results
+
+
+class _Runs:
+    """The inputs' runs, each in a thread of its own, and their shared progress."""
+
+    def __init__(self, results, model, options, out_dir, polygons, log, progress):
+        self.results, self.model, self.options, self.out_dir = results, model, options, out_dir
+        self.polygons, self.log, self.progress = polygons, log, progress
+        self.fractions = [0.0] * len(results)
+        self.lock = threading.Lock()
+        self.cluster_options = options
+
+    def on_cluster(self, client, threads: int, block_size: int | None) -> None:
+        """Run the inputs' blocks on the client's cluster, the network scattered to the workers once."""
+        from .cluster import DEFAULT_BLOCK, Cluster
+
+        scattered = client.scatter(self.model[0], broadcast=True, hash=False)
+        device = self.options.device if self.options.device in ("auto", "cpu", "cuda") else "auto"  # lists: per worker
+        self.cluster_options = dataclasses.replace(self.options, cluster=Cluster(
+            client, os.path.join(self.out_dir, SPOOL), block_size or DEFAULT_BLOCK, threads, device, scattered))
+
+    def report(self, i: int, fraction: float) -> None:
+        with self.lock:
+            self.fractions[i] = fraction
+            if self.progress:
+                self.progress(sum(self.fractions) / len(self.fractions))
+
+    def run(self, i: int) -> None:
+        item, (network, spec) = self.results[i], self.model
+        try:
+            key = _run_key(item.input, spec.name, network, self.options)
+            if _finished(item.out_dir, key, self.polygons):
+                item.skipped = True
+                self.log(f"{item.input}: finished by an earlier run with the same model and settings; skipped")
+            else:
+                item.result = _segment_one(item, self.model, self.cluster_options, self.polygons, key,
+                                           lambda f: self.report(i, f), self.log)
+        except Exception as exc:  # noqa: BLE001 (an input's failure is its own: the others go on)
+            item.error = str(exc) if isinstance(exc, LandcoverError) else f"{type(exc).__name__}: {exc}"
+            self.log(f"{item.input}: failed: {item.error}")
+            if os.path.isdir(item.out_dir) and not os.listdir(item.out_dir) and item.out_dir != self.out_dir:
+                os.rmdir(item.out_dir)  # made for it, left empty
+        self.report(i, 1.0)
 
 
 def _segment_one(item: InputResult, model, options, polygons: bool, key: str, progress, log):

@@ -45,48 +45,60 @@ def slide(reader, predictor, num_classes: int, tile: int, overlap: int, sink, pr
     # batch starts or ends, or the part's rows would not match a run over the whole image.
     b = predictor.batch_size
     batches = [order[i:i + b] for i in range(first * len(xs) // b * b, end * len(xs), b)]
-    read_threads = max(1, min(read_threads, len(batches)))
-    local, clones, lock = threading.local(), [], threading.Lock()
-
-    def own_reader():
-        if read_threads == 1:
-            return reader
-        if not hasattr(local, "reader"):
-            local.reader = reader.clone()
-            with lock:
-                clones.append(local.reader)
-        return local.reader
-
-    def load(batch):
-        with watch.stage("read"):
-            r = own_reader()
-            return [(k, j, *r.read(int(ys[k]), int(xs[j]), tile)) for k, j in batch]
-
-    # The next batches are read while the network runs on this one (GDAL releases the GIL).
+    readers = _Readers(reader, max(1, min(read_threads, len(batches))), ys, xs, tile, watch)
     try:
-        with ThreadPoolExecutor(max_workers=read_threads) as pool:
-            pending = deque(pool.submit(load, b) for b in batches[:read_threads])
-            done = 0
+        for done, items in enumerate(readers.ahead(batches, cancel), 1):
+            valid = [data for _, _, data, ok in items if ok]
+            with watch.stage("infer"):
+                scores = iter(predictor(np.stack(valid)) if valid else ())
+            with watch.stage("blend"):
+                for k, j, _, ok in items:
+                    window_scores = next(scores) if ok else None
+                    if first <= k < end:
+                        blender.add(k, j, window_scores)
+            progress(done / len(batches))
+    finally:
+        readers.close()
+
+
+class _Readers:
+    """Batches of windows read ahead by `threads` threads, each with a reader of its own, while the network
+    runs on the batch before (GDAL releases the GIL)."""
+
+    def __init__(self, reader, threads: int, ys, xs, tile: int, watch: Stopwatch):
+        self.reader, self.threads, self.ys, self.xs, self.tile, self.watch = reader, threads, ys, xs, tile, watch
+        self.local, self.clones, self.lock = threading.local(), [], threading.Lock()
+
+    def _own(self):
+        if self.threads == 1:
+            return self.reader
+        if not hasattr(self.local, "reader"):
+            self.local.reader = self.reader.clone()
+            with self.lock:
+                self.clones.append(self.local.reader)
+        return self.local.reader
+
+    def _load(self, batch) -> list:
+        with self.watch.stage("read"):
+            r = self._own()
+            return [(k, j, *r.read(int(self.ys[k]), int(self.xs[j]), self.tile)) for k, j in batch]
+
+    def ahead(self, batches: list, cancel):
+        """Each batch's (row, col, window, any valid) items, in order; Cancelled once cancel() says so."""
+        with ThreadPoolExecutor(max_workers=self.threads) as pool:
+            pending = deque(pool.submit(self._load, b) for b in batches[:self.threads])
             for i in range(len(batches)):
                 items = pending.popleft().result()
-                if i + read_threads < len(batches):
-                    pending.append(pool.submit(load, batches[i + read_threads]))
+                if i + self.threads < len(batches):
+                    pending.append(pool.submit(self._load, batches[i + self.threads]))
                 if cancel():
                     for f in pending:
                         f.cancel()
                     raise Cancelled("Cancelled; no output was written.")
-                valid = [data for _, _, data, ok in items if ok]
-                with watch.stage("infer"):
-                    scores = iter(predictor(np.stack(valid)) if valid else ())
-                with watch.stage("blend"):
-                    for k, j, _, ok in items:
-                        window_scores = next(scores) if ok else None
-                        if first <= k < end:
-                            blender.add(k, j, window_scores)
-                done += 1
-                progress(done / len(batches))
-    finally:
-        for c in clones:
+                yield items
+
+    def close(self) -> None:
+        for c in self.clones:
             c.close()
 
 
