@@ -145,7 +145,7 @@ class _Job:
             from .vector.vectorize import sieve
 
             with self.watch.stage("sieve"):
-                sieve(class_path, the_plan.geometry.pixels_for_area(min_area))
+                sieve(class_path, the_plan.geometry.pixels_for_area(min_area), self.cancel)
 
     def polygons(self, class_path, conf_path, spec, the_plan, simplify: float, writer) -> None:
         from .vector.vectorize import regions

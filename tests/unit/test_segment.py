@@ -407,3 +407,106 @@ def test_gpu_host_path_on_the_cpu_writes_the_same_outputs(tmp_path, monkeypatch,
     np.testing.assert_array_equal(_read(gpu_like.class_path), _read(plain.class_path))
     np.testing.assert_array_equal(_read(gpu_like.confidence_path), _read(plain.confidence_path))
     assert (_read(plain.class_path)[:40] == 255).all()
+
+
+def test_cancel_during_the_sieve_leaves_no_output(tmp_path, utm_raster, model_file, monkeypatch):
+    """A cancel that comes while GDAL sieves (a long step on a large raster) stops it there."""
+    from landcover_plugin.core.vector import vectorize
+
+    in_sieve = []
+    sieve = vectorize.sieve
+
+    def watched(path, pixels, cancel=None):
+        in_sieve.append(True)
+        return sieve(path, pixels, cancel)
+
+    def polygons(*args, **kwargs):
+        raise AssertionError("the run went on to the polygons after a cancel in the sieve")
+
+    monkeypatch.setattr(vectorize, "sieve", watched)
+    monkeypatch.setattr(vectorize, "regions", polygons)
+    with pytest.raises(Cancelled):
+        segment(utm_raster, str(tmp_path / "c.tif"), model_file, confidence_path=str(tmp_path / "p.tif"),
+                vector_path=str(tmp_path / "v.gpkg"), cancel=lambda: bool(in_sieve),
+                options=SegmentOptions(tile_size=64, overlap=16, min_area=2.0))
+    assert in_sieve and os.listdir(tmp_path) == []
+
+
+def test_extent_partly_outside_the_raster_is_cut_to_it(tmp_path, utm_raster, model_file):
+    with rasterio.open(utm_raster) as src:
+        left, top, width, height = src.bounds.left, src.bounds.top, src.width, src.height
+    # from column 100 and row 50 to well beyond the raster's right and bottom edges (0.5 m pixels)
+    extent = (left + 50.0, top - 0.5 * height - 500.0, left + 0.5 * width + 500.0, top - 25.0)
+    res = segment(utm_raster, str(tmp_path / "c.tif"), model_file, options=SegmentOptions(extent=extent))
+    with rasterio.open(res.class_path) as c:
+        assert (c.width, c.height) == (width - 100, height - 50)
+        assert (c.transform.c, c.transform.f) == (left + 50.0, top - 25.0)
+        assert (c.read(1) < 5).all()
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "float32"])
+def test_uint16_and_float_rasters_with_nodata(tmp_path, model_file, dtype):
+    """Nodata pixels (0 in a uint16 raster, NaN in a float one) are nodata in every output and do not spread
+    into their neighbours' classes: the rest equals a run on the same pixels in uint8."""
+    px = np.maximum(fixture_pixels()[:, :200, :240], 1)  # no pixel is 0 but the hole's
+    hole = np.zeros(px.shape[1:], bool)
+    hole[60:90, 100:170] = True
+    data = px.astype(dtype)
+    data[:, hole] = 0 if dtype == "uint16" else np.nan
+    nodata = 0 if dtype == "uint16" else float("nan")
+    img = write_raster(tmp_path / "in.tif", data, crs=UTM, transform=from_origin(0, 0, 0.5, 0.5), nodata=nodata)
+    ref_px = px.copy()
+    ref_px[:, hole] = 0
+    ref = write_raster(tmp_path / "ref.tif", ref_px, crs=UTM, transform=from_origin(0, 0, 0.5, 0.5), nodata=0)
+    opts = SegmentOptions(tile_size=64, overlap=16, precision="fp32", device="cpu")
+    res = segment(img, str(tmp_path / "c.tif"), model_file, confidence_path=str(tmp_path / "p.tif"), options=opts)
+    labels, conf = _read(res.class_path), _read(res.confidence_path)
+    assert (labels[hole] == 255).all() and (labels[~hole] < 5).all()
+    assert (conf[hole] == CONFIDENCE_NODATA).all() and np.isfinite(conf[~hole]).all()
+    same = segment(ref, str(tmp_path / "r.tif"), model_file, options=opts)
+    assert (_read(same.class_path) == labels).mean() > 0.999
+
+
+@needs_gdal
+def test_rotated_geotransform(tmp_path, model_file):
+    """A raster whose grid is turned against its CRS: outputs on the same grid, areas from the pixel's true
+    size (the transform's determinant), polygons on the turned grid."""
+    from osgeo import ogr
+
+    px = fixture_pixels()[:, :120, :160]
+    turn = np.radians(30)
+    transform = Affine(0.5 * np.cos(turn), -0.5 * np.sin(turn), 300000.0, -0.5 * np.sin(turn), -0.5 * np.cos(turn),
+                       2780000.0)
+    img = write_raster(tmp_path / "turned.tif", px, crs=UTM, transform=transform)
+    res = segment(img, str(tmp_path / "c.tif"), model_file, vector_path=str(tmp_path / "v.gpkg"),
+                  options=SegmentOptions(tile_size=64, overlap=16))
+    with rasterio.open(res.class_path) as c:
+        assert c.transform.almost_equals(transform) and c.crs == UTM
+    assert sum(a.area for a in res.areas) == pytest.approx(120 * 160 * 0.25, rel=1e-6)
+    ds = ogr.Open(res.vector_path)
+    polygons = sum(f.GetGeometryRef().GetArea() for f in ds.GetLayer(0))
+    assert polygons == pytest.approx(120 * 160 * 0.25, rel=1e-6)
+    xmin, xmax, ymin, ymax = ds.GetLayer(0).GetExtent()
+    corners = [transform * (c, r) for c in (0, 160) for r in (0, 120)]
+    assert xmin == pytest.approx(min(x for x, _ in corners)) and ymax == pytest.approx(max(y for _, y in corners))
+    ds = None
+
+
+@cuda
+def test_a_real_cuda_out_of_memory_halves_the_batch(tmp_path, model_file):
+    """With the GPU's memory all but full, a batch far too large runs out of memory for real: the batch is
+    halved until it fits, and the classes are the CPU's."""
+    px = np.tile(fixture_pixels(), (1, 2, 2))[:, :1024, :1024]
+    img = write_raster(tmp_path / "big.tif", px, crs=UTM, transform=from_origin(0, 0, 0.5, 0.5))
+    opts = dict(tile_size=128, overlap=16, precision="fp32")
+    free, _ = torch.cuda.mem_get_info()
+    hog = torch.empty(max(0, free - 256 * 2 ** 20), dtype=torch.uint8, device="cuda")
+    try:
+        res = segment(img, str(tmp_path / "g.tif"), model_file, options=SegmentOptions(device="cuda", batch_size=512,
+                                                                                       **opts))
+    finally:
+        del hog
+        torch.cuda.empty_cache()
+    assert res.batch_size < 512
+    cpu = segment(img, str(tmp_path / "c.tif"), model_file, options=SegmentOptions(device="cpu", **opts))
+    assert (_read(res.class_path) == _read(cpu.class_path)).mean() > 0.999

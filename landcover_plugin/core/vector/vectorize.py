@@ -48,16 +48,23 @@ def _gdal():
     return gdal, ogr, osr
 
 
-def sieve(class_path: str, min_pixels: int) -> None:
+def sieve(class_path: str, min_pixels: int, cancel: Callable[[], bool] | None = None) -> None:
     """Merge regions smaller than min_pixels into their largest neighbour, in place; nodata stays."""
     if min_pixels <= 1:
         return
     gdal, _, _ = _gdal()
+    cancel = cancel or (lambda: False)
     ds = gdal.Open(class_path, gdal.GA_Update)
     band = ds.GetRasterBand(1)
-    gdal.SieveFilter(band, band.GetMaskBand(), band, int(min_pixels), 4)
-    ds.FlushCache()
-    ds = None
+    try:
+        gdal.SieveFilter(band, band.GetMaskBand(), band, int(min_pixels), 4,
+                         callback=lambda *_: 0 if cancel() else 1)
+    except RuntimeError:
+        if cancel():
+            raise Cancelled("Cancelled; no output was written.") from None
+        raise
+    finally:
+        ds = None
 
 
 @contextmanager
