@@ -33,14 +33,26 @@ def test_evaluate_pairs_a_folder(model_file):
 
 
 def test_evaluate_errors_are_one_line(tmp_path, model_file):
+    """Each error is one line starting "error: ", exit code 2, no traceback: a pickle for a model, no bundled
+    default model (the models folder pointed elsewhere), a mask of another size than its image."""
+    def one_line(out, words):
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1 and words in out.stderr, out.stderr
+
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x80\x04not a model")
-    out = _run(FIXTURE, FIXTURE_MASK, "--model", str(bad))
-    assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert out.stderr.startswith("error: ") and "pickle" in out.stderr
-    if not os.path.exists(os.path.join(ROOT, "landcover_plugin", "models", "landcover_default.safetensors")):
-        out = _run(FIXTURE, FIXTURE_MASK)
-        assert out.returncode == 2 and "No bundled default model" in out.stderr
+    one_line(_run(FIXTURE, FIXTURE_MASK, "--model", str(bad)), "pickle")
+    no_default = (f"import sys; sys.path[:0] = [{os.path.join(ROOT, 'scripts')!r}, {ROOT!r}]; "
+                  "from landcover_plugin.core.model import bundled; bundled.MODELS_DIR = '/nonexistent'; "
+                  "import evaluate, _common; _common.run_main(evaluate.main)")
+    one_line(subprocess.run([sys.executable, "-c", no_default, FIXTURE, FIXTURE_MASK], capture_output=True,
+                            text=True, timeout=300), "No bundled default model")
+    import numpy as np
+    from conftest import write_raster
+
+    small = write_raster(tmp_path / "small_mask.tif", np.zeros((100, 80), np.uint8))
+    one_line(_run(FIXTURE, small, "--model", model_file, "--device", "cpu"),
+             "small_mask.tif does not have the size of its image (768 x 768 pixels)")
 
 
 def test_segment_script_writes_every_output(tmp_path):
@@ -108,14 +120,37 @@ def test_class_offsets_undo_a_prior_that_favours_one_class_everywhere():
     assert after > before + 0.05
 
 
-def test_class_offsets_script_reports_both_sets(model_file):
+def test_class_offsets_script_reports_both_sets(model_file, tmp_path):
+    """Offsets fitted on one pair and measured on another: the fit can only gain (the search starts from no
+    offsets), and the test figures are the other pair's (what the engine's own classes score there)."""
+    import numpy as np
+    import rasterio
+    from conftest import write_raster
+    from PIL import Image
+
+    from landcover_plugin.core.segment import SegmentOptions, segment
+
+    with rasterio.open(FIXTURE) as ds:
+        bottom = ds.read()[:, 384:]
+    test_image = write_raster(tmp_path / "bottom.tif", bottom)
+    test_mask = write_raster(tmp_path / "bottom_mask.tif", np.asarray(Image.open(FIXTURE_MASK))[384:])
     script = os.path.join(ROOT, "scripts", "class_offsets.py")
-    out = subprocess.run([sys.executable, script, FIXTURE, FIXTURE_MASK, FIXTURE, FIXTURE_MASK, "--model", model_file,
+    out = subprocess.run([sys.executable, script, FIXTURE, FIXTURE_MASK, test_image, test_mask, "--model", model_file,
                           "--stride", "4", "--device", "cpu", "--json"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert set(result["offsets"]) == {"background", "building", "woodland/vegetation", "water", "road"}
     assert result["offsets"]["background"] == 0
-    # the search starts from no offsets, so on the pairs it fitted it can only gain
     assert result["fit_miou_with"] >= result["fit_miou_without"]
-    assert result["test_miou_with"] == result["fit_miou_with"]  # the same pairs on both sides
+    classes = segment(test_image, str(tmp_path / "c.tif"), model_file, log=lambda m: None,
+                      options=SegmentOptions(device="cpu", precision="fp32"))
+    with rasterio.open(classes.class_path) as ds:
+        labels = ds.read(1)[::4, ::4]
+    ref = np.asarray(Image.open(FIXTURE_MASK))[384:][::4, ::4]
+    ious = []
+    for c in range(5):
+        union = ((labels == c) | (ref == c)) & (ref != 255)
+        if (ref == c).any():
+            ious.append(((labels == c) & (ref == c)).sum() / union.sum())
+    assert result["test_miou_without"] == pytest.approx(np.mean(ious), abs=0.01)
+    assert result["test_miou_without"] != result["fit_miou_without"]

@@ -177,3 +177,58 @@ def test_rasters_of_several_resolutions_are_read_at_one(tmp_path):
     for s in items:
         assert (s.mask == 1).sum() == 40 * 40 and (s.mask == 0).sum() == 40 * 40  # 30 m squares
         assert np.all(s.mask[:40, :40] == 1)  # "sand" sorts after "grass": id 1
+
+
+def test_a_time_budget_is_replanned_from_measured_times():
+    """--max-minutes: the schedule fitted after the first timed steps, then fitted again after each epoch from
+    the times measured so far: slower steps than first measured leave fewer epochs, and the run stops in time."""
+    import time
+
+    from landcover_plugin.core.training.budget import CALIBRATION_STEPS, Budget
+    from landcover_plugin.core.training.config import TrainConfig
+
+    budget = Budget(TrainConfig(max_minutes=1.0, epochs=None, batch_size=8, tile=64), data_steps=10, val_pixels=0,
+                    rank=0)
+    now = time.perf_counter()
+    budget.t_start = now
+    budget.step_s, budget.val_s = 0.5, 1.0
+    line = budget.fit(0, now, CALIBRATION_STEPS)
+    assert budget.plan.epochs == 9 and budget.plan.steps_per_epoch == 10  # 58.8 s left, 6 s an epoch
+    assert "9 epochs of 10 steps fit in 1 minutes" in line
+    budget.t_start = time.perf_counter() - 12.0  # two epochs took 12 s
+    budget.step_s, budget.val_s = 2.0, 1.0  # and steps now take four times as long: 21 s an epoch
+    budget.replan(2, 20)
+    assert budget.plan.epochs == 2 + 2 and budget.total_steps == 20 + 2 * 10
+    assert not budget.out_of_time()
+    budget.t_start = time.perf_counter() - 59.0
+    assert budget.out_of_time() and not budget.overrun()
+    budget.replan(4, 40)
+    assert budget.plan.epochs == 4  # no time for another epoch: the run ends where it is
+    budget.t_start = time.perf_counter() - 61.0
+    assert budget.overrun()
+
+
+def test_augmented_images_stay_aligned_with_their_masks():
+    """Windows drawn with scale jitter, resized, flipped and turned: the image's first band, made equal to 40 x
+    the mask's class, still says each labelled pixel's class after augmentation (but where resampling blends
+    class edges), for every one of the eight flips and turns."""
+    import torch
+
+    from landcover_plugin.core.training.data import WindowSampler, augment_batch
+
+    rng = np.random.default_rng(3)
+    mask = np.kron(rng.integers(0, 5, (12, 12)), np.ones((16, 16), np.int64)).astype(np.uint8)  # 192 x 192 blocks
+    mask[:, :5] = 255  # an unlabelled strip
+    image = np.stack([mask.astype(np.float32) * 40, rng.random(mask.shape, np.float32) * 255,
+                      np.flipud(mask).astype(np.float32)])
+    sampler = WindowSampler([Labelled("blocks", image, mask)], range(5), 64, 0.5, (0.75, 1.25), seed=1)
+    draws = [sampler.draw(0, i) for i in range(64)]
+    assert {d[3] for d in draws} == set(range(8)) and len({d[2] for d in draws}) > 4
+    x, y = augment_batch([torch.from_numpy(d[0]).float() for d in draws], [torch.from_numpy(d[1]) for d in draws],
+                         [d[2] for d in draws], [d[3] for d in draws], 64, 0.0, 0)
+    labelled = y != 255
+    agree = (torch.abs(x[:, 0] - 40 * y.float()) < 1.0)[labelled].float().mean()
+    assert agree > 0.9
+    for k in range(8):  # and each flip or turn on its own
+        pick = torch.tensor([d[3] == k for d in draws])
+        assert (torch.abs(x[pick, 0] - 40 * y[pick].float()) < 1.0)[labelled[pick]].float().mean() > 0.9

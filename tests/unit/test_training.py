@@ -78,32 +78,49 @@ def test_training_learns_a_pattern_well_above_chance(tmp_path, pattern_dir):
 
 
 def test_resume_continues_from_the_checkpoint(tmp_path, pattern_dir):
+    """A resumed run goes on from the checkpoint's optimiser and schedule: Adam's step count and the schedule's
+    position carry on from the first run's instead of starting again."""
     out = tmp_path / "m.safetensors"
     base = [str(pattern_dir / "images"), str(pattern_dir / "masks"), "--out", str(out), *COMMON, "--passes", "1"]
     assert _train(*base, "--epochs", "2").returncode == 0
+    checkpoint = tmp_path / "m_log" / "checkpoint.pt"
+    first = torch.load(checkpoint, weights_only=True)
+    steps = first["step"]
+    assert steps > 2 and first["scheduler"]["last_epoch"] == steps
+    assert all(int(s["step"]) == steps for s in first["optimizer"]["state"].values())
     r = _train(*base, "--epochs", "3", "--resume")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "resumed after epoch 2" in r.stderr
     assert [row["epoch"] for row in _history(str(tmp_path / "m_log"))] == ["0", "1", "2", "3"]
+    second = torch.load(checkpoint, weights_only=True)
+    assert second["epoch"] == 2 and second["step"] == steps + steps // 2  # one more epoch of the same length
+    assert second["scheduler"]["last_epoch"] == second["step"]
+    assert all(int(s["step"]) == second["step"] for s in second["optimizer"]["state"].values())
     shutil.rmtree(tmp_path / "m_log")
     r = _train(*base, "--epochs", "3", "--resume")
     assert r.returncode == 2 and "no checkpoint" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_two_process_ddp_on_cpu(tmp_path, pattern_dir):
+    """Two ranks under torchrun: they end with the same weights (gradients averaged every step) after each
+    drew windows of its own, and rank 0 writes the model."""
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
     if torchrun is None:
         pytest.skip("torchrun is not installed")
     out = tmp_path / "ddp.safetensors"
     # torchrun and gloo find their address from the host name, which a fresh chroot or container may not
     # resolve (torchrun then waits forever): the loopback interface is enough for one machine.
-    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo")
-    r = subprocess.run([torchrun, "--standalone", "--local-addr", "127.0.0.1", "--nproc_per_node=2", TRAIN,
-                        str(pattern_dir / "images"),
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", PROBE_DIR=str(tmp_path))
+    r = subprocess.run([torchrun, "--standalone", "--local-addr", "127.0.0.1", "--nproc_per_node=2",
+                        os.path.join(os.path.dirname(__file__), "ddp_probe.py"), str(pattern_dir / "images"),
                         str(pattern_dir / "masks"), "--out", str(out), "--epochs", "2", *COMMON],
                        capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert [row["epoch"] for row in _history(str(tmp_path / "ddp_log"))] == ["0", "1", "2"]  # 0: the start
+    ranks = [json.loads((tmp_path / f"rank{k}.json").read_text()) for k in (0, 1)]
+    assert ranks[0]["steps"] == ranks[1]["steps"] > 2
+    assert ranks[0]["weights"] == ranks[1]["weights"]
+    assert ranks[0]["drawn"] and not set(ranks[0]["drawn"]) & set(ranks[1]["drawn"])
     load_model(str(out))
 
 
