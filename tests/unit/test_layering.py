@@ -104,3 +104,18 @@ def test_no_import_cycles():
     qgis_side = {m: p for m, p in MODULES.items() if m.startswith(("landcover_plugin.processing",
                                                                    "landcover_plugin.plugin"))}
     _cycle_free({m: _known(_imports(p, top_level_only=False)) & set(qgis_side) - {m} for m, p in qgis_side.items()})
+
+
+def test_files_and_functions_stay_short():
+    """No engine module over 300 lines, no function anywhere in the package or the scripts over 60: a part
+    that grows past these gets split by what it does."""
+    long_files = [p for m, p in MODULES.items() if m.startswith("landcover_plugin.core")
+                  and sum(1 for _ in open(p, encoding="utf-8")) > 300]
+    assert not long_files
+    long_functions = []
+    for folder in (PACKAGE, os.path.join(ROOT, "scripts")):
+        for path in (os.path.join(d, f) for d, _, files in os.walk(folder) for f in files if f.endswith(".py")):
+            for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+                    long_functions.append(f"{os.path.relpath(path, ROOT)}:{node.lineno} {node.name}")
+    assert not long_functions
