@@ -94,17 +94,22 @@ def small_model(tmp_path_factory):
     return str(path)
 
 
-@pytest.fixture(scope="session")
+_PROVIDERS = []  # QGIS does not own a Python provider: the tests keep theirs alive
+
+
+@pytest.fixture
 def provider(qgis_app, qgis_processing):
-    """The landcover Processing provider, registered once (pytest-qgis tests)."""
+    """The landcover Processing provider registered now (pytest-qgis tests): looked up for every test, as a
+    test of the plugin's load and unload replaces the registered one."""
     from qgis.core import QgsApplication
 
     from landcover_plugin.processing.provider import LandcoverProvider
 
     registry = QgsApplication.processingRegistry()
     if registry.providerById("landcover") is None:
-        registry.addProvider(LandcoverProvider())
-    yield registry.providerById("landcover")
+        _PROVIDERS.append(LandcoverProvider())
+        registry.addProvider(_PROVIDERS[-1])
+    return registry.providerById("landcover")
 
 
 def qgis_process(args, tmp_path, timeout=300, venv=True, env=None):
