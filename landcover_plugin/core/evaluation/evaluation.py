@@ -21,6 +21,7 @@ def raster_classes(path: str) -> list[LandClass]:
         from osgeo import gdal
     except ImportError:
         return []
+    gdal.UseExceptions()  # GDAL 3.9+ warns on stderr at every call that does not say
     ds = gdal.Open(path)
     band = ds.GetRasterBand(1)
     band.GetMetadata()  # the GeoTIFF driver loads category names from the .aux.xml lazily

@@ -80,6 +80,7 @@ def rasterize_on_grid(vector_path: str, field: str, classes, shape, transform, c
     ds, lyr = _open_layer(vector_path, layer)
     from osgeo import osr
 
+    osr.UseExceptions()
     _check_field(lyr, field)
     ids = value_to_id(classes)
     transform_geom = None

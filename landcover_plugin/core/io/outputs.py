@@ -98,6 +98,7 @@ def set_category_names(path: str, classes) -> bool:
         from osgeo import gdal
     except ImportError:
         return False
+    gdal.UseExceptions()  # GDAL 3.9+ warns on stderr at every call that does not say
     names = [""] * (max(c.id for c in classes) + 1)
     for c in classes:
         names[c.id] = c.name

@@ -43,8 +43,8 @@ def _gdal():
     except ImportError:
         raise InputError("Polygons need GDAL's Python bindings (osgeo); install python3-gdal or the gdal "
                          "package that matches your GDAL.") from None
-    gdal.UseExceptions()
-    ogr.UseExceptions()
+    for module in (gdal, ogr, osr):  # GDAL 3.9+ warns on stderr at every call that does not say
+        module.UseExceptions()
     return gdal, ogr, osr
 
 
