@@ -221,7 +221,6 @@ def test_bundled_default_model_is_valid_and_small():
     classes that beat the majority class on the committed crop (a random or broken network does not)."""
     import numpy as np
     import rasterio
-    from PIL import Image
 
     from landcover_plugin.core.model.bundled import default_model_path
     from landcover_plugin.core.model.model_file import DIGEST_KEY, _read_header
@@ -235,7 +234,8 @@ def test_bundled_default_model_is_valid_and_small():
     data = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data")
     with rasterio.open(os.path.join(data, "dubai_tile7_005_crop.tif")) as ds:
         image = ds.read(window=((0, 512), (0, 512))).astype(np.float32)
-    mask = np.asarray(Image.open(os.path.join(data, "dubai_tile7_005_crop_mask.png")))[:512, :512]
+    with rasterio.open(os.path.join(data, "dubai_tile7_005_crop_mask.png")) as ds:
+        mask = ds.read(1, window=((0, 512), (0, 512)))
     x = (torch.from_numpy(image) - torch.tensor(spec.mean).view(3, 1, 1)) / torch.tensor(spec.std).view(3, 1, 1)
     with torch.no_grad():
         labels = net(x[None]).argmax(1)[0].numpy()

@@ -409,6 +409,7 @@ def test_gpu_host_path_on_the_cpu_writes_the_same_outputs(tmp_path, monkeypatch,
     assert (_read(plain.class_path)[:40] == 255).all()
 
 
+@needs_gdal
 def test_cancel_during_the_sieve_leaves_no_output(tmp_path, utm_raster, model_file, monkeypatch):
     """A cancel that comes while GDAL sieves (a long step on a large raster) stops it there."""
     from landcover_plugin.core.vector import vectorize
