@@ -204,3 +204,34 @@ def test_map_resolution_in_degrees_is_what_the_engine_reads_back():
     geometry = ground_geometry(CRS.from_epsg(4326), from_origin(55.0, 60.01, res, res), height, width)
     # a square pixel in degrees is 0.5 m on the ground as a mean of its sides (2:1 at 60 degrees)
     assert geometry.gsd == pytest.approx(0.5, rel=0.002)
+
+
+@pytest.mark.parametrize("tolerance", [2.0])
+def test_polygons_do_not_depend_on_the_arc_cache(tmp_path, model_file, tolerance, monkeypatch):
+    """The cache of simplified arcs is bounded (memory stays flat on any raster); an arc that fell out is
+    simplified again to the same result, so a cache of ten arcs gives the very same polygons, the arcs kept as
+    traced (found beside each other through the region-id raster) included."""
+    from conftest import FIXTURE
+
+    from landcover_plugin.core.segment import SegmentOptions, segment
+    from landcover_plugin.core.vector import coverage
+
+    kept = []
+    settle = coverage.Coverage.settle
+
+    def counting(self, layer, rounds=3):
+        settle(self, layer, rounds)
+        kept.append(len(self.keep))
+
+    monkeypatch.setattr(coverage.Coverage, "settle", counting)
+    opts = SegmentOptions(min_area=6, simplify=tolerance, precision="fp32", device="cpu")
+    big = segment(FIXTURE, str(tmp_path / "a.tif"), model_file, vector_path=str(tmp_path / "a.gpkg"), options=opts)
+    monkeypatch.setattr(coverage, "CACHE_ARCS", 10)
+    small = segment(FIXTURE, str(tmp_path / "b.tif"), model_file, vector_path=str(tmp_path / "b.gpkg"), options=opts)
+    assert kept[0] == kept[1] > 0  # thin regions made some arcs stay as traced
+    a, b = _features(big.vector_path)[0], _features(small.vector_path)[0]
+    assert len(a) == len(b) and all(x["geom"].equals_exact(y["geom"], 0) for x, y in zip(a, b))
+    cache = coverage.ArcCache(3)
+    for k in range(5):
+        cache[k] = [k]
+    assert list(cache) == [2, 3, 4]

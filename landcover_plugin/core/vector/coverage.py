@@ -1,30 +1,50 @@
 """A layer of traced polygons simplified as one coverage: neighbours keep sharing their boundaries.
 
 Every boundary arc is simplified once (simplify.py) and the result kept for the other polygon that shares
-it. Where a region is thinner than twice the tolerance, its simplified arcs can cross; those arcs stay as
-traced, for both polygons, and the polygons they bound are checked again (a few passes settle it). Only
-polygons that simplification changed are checked with GEOS, and only arcs whose bounding boxes overlap are
-compared when looking for the crossing ones.
+it (in a cache of bounded size: simplification is deterministic, so an arc that fell out is simplified again
+to the same result). Where a region is thinner than twice the tolerance, its simplified arcs can cross;
+those arcs stay as traced, for both polygons, and the two polygons each such arc bounds (found in the raster
+of region ids) are checked again: a few passes settle it. Only polygons that simplification changed are
+checked with GEOS, and only arcs whose bounding boxes overlap are compared when looking for the crossing ones.
+Memory stays bounded whatever the raster's size.
 """
 from __future__ import annotations
 
 import struct
+from collections import OrderedDict
 
 import numpy as np
 
-from .simplify import Nodes, simplify_ring
+from .simplify import Nodes, arc_key, canonical, ring_arcs, simplify_ring
 
 _WKB_POLYGON = struct.pack("<BI", 1, 3)
+CACHE_ARCS = 100_000  # simplified arcs kept (about 55 MB): neighbours come close together in the layer
+
+
+class ArcCache(OrderedDict):
+    """{arc key: simplified canonical arc}, forgetting the oldest entries beyond `size` (in O(1): a plain
+    dict would scan the slots its deleted entries left at its front)."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        if len(self) > self.size:
+            self.popitem(last=False)
 
 
 class Coverage:
     """Simplification of one layer's polygons on the pixel grid of geotransform `gt`."""
 
-    def __init__(self, nodes: Nodes, tolerance: float, gt):
-        self.nodes, self.gt = nodes, tuple(gt)
+    def __init__(self, nodes: Nodes, tolerance: float, gt, id_path: str | None = None):
+        """id_path: the region-id raster (pixel values: the polygons' FIDs), which tells which polygons an arc
+        bounds; read while settling only."""
+        self.nodes, self.gt, self.id_path, self.id_band = nodes, tuple(gt), id_path, None
         self.det = gt[1] * gt[5] - gt[2] * gt[4]
         self.tol_px = tolerance / max(min(abs(gt[1]), abs(gt[5])), 1e-12)
-        self.cache: dict = {}
+        self.cache = ArcCache(CACHE_ARCS)
         self.keep: frozenset = frozenset()
 
     def pixel_rings(self, geom) -> list[np.ndarray]:
@@ -66,34 +86,52 @@ class Coverage:
         """Find the arcs to keep as traced: those of polygons that simplification made cross themselves."""
         from osgeo import gdal, ogr
 
-        users: dict = {}  # key of an arc that simplification changed -> the polygons it bounds
+        ids = gdal.Open(self.id_path) if self.id_path else None
+        self.id_band = ids.GetRasterBand(1) if ids is not None else None
         gdal.PushErrorHandler("CPLQuietErrorHandler")  # GEOS would print where each polygon crosses itself
         try:
             layer.ResetReading()
-            found = set()
+            found: dict = {}  # key of an arc to keep -> a pixel edge of it
             for f in layer:
-                found |= self._check(f, users, ogr)
+                found.update(self._check(f, ogr))
             for _ in range(rounds - 1):
-                new = found - self.keep
+                new = {k: edge for k, edge in found.items() if k not in self.keep}
                 if not new:
                     break
-                self.keep = self.keep | new
-                found = set()
-                for fid in sorted({fid for k in new for fid in users.get(k, ())}):
-                    found |= self._check(layer.GetFeature(fid), None, ogr)
-            self.keep = self.keep | found
+                self.keep = self.keep | set(new)
+                found = {}
+                for fid in sorted({fid for edge in new.values() for fid in self._beside(edge)}):
+                    found.update(self._check(layer.GetFeature(fid), ogr))
+            self.keep = self.keep | set(found)
         finally:
             gdal.PopErrorHandler()
+            self.id_band = ids = None  # closed before any polygon is handed on (its file is removed after)
 
-    def _check(self, feature, users, ogr) -> set:
-        """Keys of the arcs to keep for this polygon (none where it is valid once simplified)."""
-        rings, keys, arcs, changed = self.simplify(feature.GetGeometryRef())
-        if users is not None and changed:
-            for k in set(keys):
-                users.setdefault(k, []).append(feature.GetFID())
+    def _check(self, feature, ogr) -> dict:
+        """{key: a pixel edge} of the arcs to keep for this polygon (none where it is valid once simplified)."""
+        geom = feature.GetGeometryRef()
+        rings, keys, arcs, changed = self.simplify(geom)
         if not changed or ogr.CreateGeometryFromWkb(self.wkb(rings)).IsValid():
-            return set()
-        return crossing(arcs, keys)
+            return {}
+        bad = crossing(arcs, keys)
+        edges = {}
+        for ring in self.pixel_rings(geom):
+            for arc in ring_arcs(ring, self.nodes):
+                key = arc_key(canonical(arc)[0])
+                if key in bad:
+                    (x0, y0), (x1, y1) = arc[0], arc[1]  # traced: one step along a pixel edge from its start
+                    edges[key] = ((x0, y0), (x0 + (x1 > x0) - (x1 < x0), y0 + (y1 > y0) - (y1 < y0)))
+        return edges
+
+    def _beside(self, edge) -> set:
+        """FIDs of the polygons on either side of a pixel edge ((x, y) corners one step apart)."""
+        if self.id_band is None:
+            raise ValueError("the region-id raster is needed to re-check polygons")
+        (x0, y0), (x1, y1) = edge
+        x, y = min(x0, x1), min(y0, y1)
+        sides = [(x, y - 1), (x, y)] if y0 == y1 else [(x - 1, y), (x, y)]
+        w, h = self.id_band.XSize, self.id_band.YSize
+        return {int(self.id_band.ReadAsArray(c, r, 1, 1)[0, 0]) for c, r in sides if 0 <= c < w and 0 <= r < h} - {0}
 
 
 def _ring_coordinates(geom) -> list[np.ndarray]:

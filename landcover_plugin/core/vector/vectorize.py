@@ -108,7 +108,7 @@ def regions(class_path: str, conf_path: str | None, classes, geometry: GroundGeo
         stats, nodes = _region_stats(gdal, cls_ds, vec_ds, layer, conf_path, id_path, geometry, cancel,
                                      simplify > 0)
         progress(0.8)
-        yield _records(layer, stats, names, simplify, nodes, cls_ds.GetGeoTransform())
+        yield _records(layer, stats, names, simplify, nodes, cls_ds.GetGeoTransform(), id_path)
         progress(1.0)
     finally:
         vec_ds = cls_ds = None
@@ -196,11 +196,11 @@ def _burn_fids(gdal, ids_ds, vec_ds, layer) -> int:
     return int(largest)
 
 
-def _records(layer, stats, names, simplify, nodes, gt) -> Iterator[Region]:
+def _records(layer, stats, names, simplify, nodes, gt, id_path) -> Iterator[Region]:
     area, conf = stats
     coverage = None
     if simplify > 0:
-        coverage = Coverage(nodes, simplify, gt)
+        coverage = Coverage(nodes, simplify, gt, id_path)
         coverage.settle(layer)
     layer.ResetReading()
     for f in layer:
