@@ -17,12 +17,13 @@ VERSION := $(shell sed -n 's/^version=//p' metadata.txt)
 PROFILE ?= $(HOME)/.local/share/QGIS/QGIS3/profiles/default
 QGIS_PYTHON ?= /usr/bin/python3
 
-.PHONY: help system venv test test-unit lint bench demo demo-train stage package deploy undeploy screenshot screenshot-xyz clean
+.PHONY: help system venv test test-unit check-cards lint bench demo demo-train stage package deploy undeploy screenshot screenshot-xyz clean
 
 help:
 	@echo "make demo   classify the sample image with the bundled model into demo_output/"
 	@echo "make demo-train  adapt the bundled model to polygons over the sample, then segment and evaluate"
 	@echo "make test   install what is missing, then lint and run all tests"
+	@echo "make check-cards  the bundled models' held-out figures against their cards (needs ../shared/data)"
 	@echo "make lint   ruff over the code"
 	@echo "make bench  engine memory and throughput figures"
 
@@ -162,6 +163,10 @@ deploy: stage
 undeploy: stage
 	cd $(STAGE) && $(QGIS_PYTHON) -m landcover_plugin.installer remove --profile $(PROFILE)
 	rm -rf $(PROFILE)/python/plugins/landcover_plugin $(PROFILE)/python/landcover_deps
+
+# the bundled models' held-out figures against their cards (needs ../shared/data; about two minutes)
+check-cards: venv
+	LANDCOVER_CARD_CHECKS=1 $(PY) -m pytest -q -rs tests/unit/test_model_cards.py
 
 bench: venv
 	$(PY) scripts/bench.py memory
