@@ -62,11 +62,11 @@ class Coverage:
         """(simplified rings in pixel corners, keys of their arcs, the simplified arcs, whether any changed)."""
         rings, keys, arcs, changed = [], [], [], False
         for ring in self.pixel_rings(geom):
-            done, ring_keys, ring_arcs, ring_changed = simplify_ring(ring, self.nodes, self.tol_px, self.keep,
+            done, ring_keys, ring_done, ring_changed = simplify_ring(ring, self.nodes, self.tol_px, self.keep,
                                                                      self.cache)
             rings.append(done)
             keys += ring_keys
-            arcs += ring_arcs
+            arcs += ring_done
             changed = changed or ring_changed
         return rings, keys, arcs, changed
 
