@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from landcover_plugin.core.model.unet import UNet, fused_for_inference
+from landcover_plugin.core.model.unet import DepthToSpaceUp, UNet, fused_for_inference, with_depth_to_space
 
 
 @pytest.mark.parametrize("h,w", [(64, 64), (37, 53), (1, 1), (5, 130), (17, 16)])
@@ -44,3 +44,29 @@ def test_fused_batchnorm_gives_the_same_outputs_and_leaves_the_original():
     x = torch.randn(2, 3, 37, 45)
     with torch.no_grad():
         torch.testing.assert_close(fused(x), net(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("cin,cout,bias", [(8, 4, True), (6, 3, False), (1, 1, True)])
+def test_depth_to_space_upsampling_is_the_transposed_convolution(cin, cout, bias):
+    up = torch.nn.ConvTranspose2d(cin, cout, 2, stride=2, bias=bias)
+    x = torch.randn(2, cin, 5, 7)
+    with torch.no_grad():
+        want = up(x)
+        got = DepthToSpaceUp(up)(x)
+        got_last = DepthToSpaceUp(up).to(memory_format=torch.channels_last)(
+            x.contiguous(memory_format=torch.channels_last))
+    assert got.shape == (2, cout, 10, 14)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_last, want, atol=1e-5, rtol=1e-5)
+
+
+def test_a_network_with_depth_to_space_upsampling_answers_as_before_and_others_are_refused():
+    net = UNet(3, 5, 8, 3).eval()
+    rewritten = with_depth_to_space(net)
+    assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in rewritten.modules())
+    assert any(isinstance(m, torch.nn.ConvTranspose2d) for m in net.modules())
+    x = torch.randn(1, 3, 40, 56)
+    with torch.no_grad():
+        torch.testing.assert_close(rewritten(x), net(x), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="stride 2"):
+        DepthToSpaceUp(torch.nn.ConvTranspose2d(4, 4, 3, stride=2))
