@@ -338,13 +338,18 @@ def cmd_precision(args) -> dict:
     import numpy as np
     import rasterio
 
+    from landcover_plugin.core.errors import InputError
     from landcover_plugin.core.evaluation.metrics import confusion, scores
     from landcover_plugin.core.io.pairs import pair_files
     from landcover_plugin.core.model.bundled import resolve_model_path
     from landcover_plugin.core.model.model_file import load_model
     from landcover_plugin.core.segment import SegmentOptions, segment
 
-    net, spec = load_model(resolve_model_path(args.model))
+    path = resolve_model_path(args.model)
+    if args.record is not None and args.precision != "int8":
+        raise InputError("--record stores int8's agreement with fp32, which auto needs before it runs a model in "
+                         "int8; add --precision int8.")
+    net, spec = load_model(path)
     ids, names = [c.id for c in spec.classes], [c.name for c in spec.classes]
     pairs = pair_files(args.images, args.masks)
     same = total = 0
@@ -382,7 +387,33 @@ def cmd_precision(args) -> dict:
     print(f"{reduced} vs fp32: {100 * same / total:.3f}% of {total} pixels agree (worst image "
           f"{100 * min(r['agreement'] for r in rows):.3f}%); mean IoU {result['miou_fp32']:.4f} (fp32) vs "
           f"{result['miou']:.4f} ({reduced}); {result['mp_per_s_fp32']:.3f} vs {result['mp_per_s']:.3f} MP/s")
+    if args.record is not None:
+        record_int8(path, spec, result, args)
     return result
+
+
+def record_int8(path: str, spec, result: dict, args) -> None:
+    """Store the measured int8 agreement in the model file (training.int8), where auto looks for it."""
+    import datetime
+
+    from landcover_plugin.core.errors import InputError
+    from landcover_plugin.core.model import quantize
+    from landcover_plugin.core.model.model_file import read_spec, rewrite
+
+    if result["precision"] != "int8":
+        raise InputError(f"int8 did not run here ({result['precision']} did): nothing to record.")
+    worst = min(r["agreement"] for r in result["images"])
+    about = f"{len(result['images'])} images of {os.path.abspath(args.images)}"
+    about += f" ({args.record})" if args.record else ""
+    record = {"agreement": round(result["agreement"], 5), "scheme": quantize.SCHEME,
+              "images": f"{about}: {100 * result['agreement']:.3f}% (worst image {100 * worst:.2f}%), mean IoU "
+                        f"{result['miou_fp32']:.4f} vs {result['miou']:.4f}",
+              "command": "scripts/bench.py precision IMAGES MASKS --precision int8 --record",
+              "date": datetime.date.today().isoformat()}
+    rewrite(path, spec.with_training(int8=record))
+    verdict = "auto will run it in int8" if quantize.faithful(read_spec(path)) else (
+        f"under the {100 * quantize.INT8_MIN_AGREEMENT:.1f}% auto asks, so auto keeps it in floating point")
+    print(f"recorded in {path}: {100 * result['agreement']:.3f}% of labels agree; {verdict}")
 
 
 def onnx_model_seconds(raster: str, model, tile: int, overlap: int, batch: int) -> tuple[float, int]:
@@ -541,6 +572,9 @@ def _engine_benches(sub) -> None:
     pr.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "int8"),
                     help="compared with fp32 (auto: what the engine picks for each image)")
     pr.add_argument("--json", action="store_true", help="accepted for symmetry: the last line is always JSON")
+    pr.add_argument("--record", nargs="?", const="", metavar="NOTE",
+                    help="store int8's agreement in the model file, where auto looks before choosing int8 (measure "
+                         "on imagery the model was not trained on, and say so in NOTE)")
     pr.add_argument("--workdir", default=None)
     c = sub.add_parser("_child")
     c.add_argument("raster")

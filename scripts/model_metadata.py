@@ -58,11 +58,9 @@ def _calibration(folders: list[str], spec):
 def main(argv=None) -> int:
     args = parse_args(argv)
     _common.setup()
-    from safetensors import safe_open
-
     from landcover_plugin.core.errors import InputError
     from landcover_plugin.core.model.bundled import resolve_model_path
-    from landcover_plugin.core.model.model_file import CALIBRATION_KEY, read_spec, write_tensors
+    from landcover_plugin.core.model.model_file import CALIBRATION_KEY, read_spec, rewrite
     from landcover_plugin.core.model.spec import PolygonDefaults
 
     path = resolve_model_path(args.model)
@@ -85,13 +83,7 @@ def main(argv=None) -> int:
         print(json.dumps(spec.to_dict(), indent=1))
         return 0
     spec = replace(spec, **changes)
-    doc = spec.to_dict()
-    type(spec).from_dict(doc)  # refuse to write what the engine would refuse to read
-    with safe_open(path, "pt") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    if args.calibration:
-        tensors[CALIBRATION_KEY] = _calibration(args.calibration, spec)
-    write_tensors(path, tensors, doc)
+    rewrite(path, spec, {CALIBRATION_KEY: _calibration(args.calibration, spec)} if args.calibration else None)
     print(f"updated {path}")
     return 0
 

@@ -17,6 +17,20 @@ except ImportError:
     pass
 
 
+def load_script(name):
+    """A module of scripts/ (which import their neighbour _common), for tests that call its functions."""
+    import importlib.util
+    import sys
+
+    scripts = os.path.join(os.path.dirname(HERE), "scripts")
+    if scripts not in sys.path:
+        sys.path.insert(0, scripts)
+    spec = importlib.util.spec_from_file_location(name, os.path.join(scripts, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def fixture_pixels() -> np.ndarray:
     import rasterio
 

@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import FIXTURE, FIXTURE_MASK
+from conftest import FIXTURE, FIXTURE_MASK, load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "scripts", "evaluate.py")
@@ -87,20 +87,10 @@ def test_bench_reports_every_stage_and_the_onnx_ratio(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def _load_script(name):
-    import importlib.util
-
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_class_offsets_undo_a_prior_that_favours_one_class_everywhere():
     import numpy as np
 
-    offsets = _load_script("class_offsets")
+    offsets = load_script("class_offsets")
     rng = np.random.default_rng(0)
     ids, names = [0, 1, 2], ["a", "b", "c"]
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from conftest import load_script
 
 from landcover_plugin.core.errors import InputError
 from landcover_plugin.core.model import device as device_mod
@@ -58,6 +59,10 @@ def test_auto_uses_int8_only_for_models_that_record_faithful_int8_labels():
     assert buildings.training["int8"]["agreement"] < quantize.INT8_MIN_AGREEMENT and not quantize.faithful(buildings)
     unmeasured = buildings.with_training(int8=None)
     assert not quantize.faithful(unmeasured)
+    # an agreement measured with another quantization does not vouch for the one that runs now
+    record = read_spec(os.path.join(models, "landcover_default.safetensors")).training["int8"]
+    assert not quantize.faithful(buildings.with_training(int8={**record, "scheme": "every layer int8"}))
+    assert quantize.faithful(buildings.with_training(int8=record))
 
 
 def test_int8_pays_from_a_few_megapixels_once_compiled_and_from_many_before_and_not_beside_bf16(cache, cpu):
@@ -99,7 +104,7 @@ def test_auto_on_a_gpu_is_fp16_and_each_precision_runs_where_it_can(monkeypatch)
     assert device_mod.amp_dtype(gpu, "auto") == torch.float16
 
 
-def test_int8_keeps_the_stem_and_first_down_block_in_floating_point():
+def test_int8_keeps_the_stem_and_first_down_block_in_floating_point_and_upsamples_in_int8():
     if not quantize.int8_available():
         pytest.skip("torchao or a C++ compiler is missing")
     from landcover_plugin.core.model.unet import fused_for_inference
@@ -114,7 +119,9 @@ def test_int8_keeps_the_stem_and_first_down_block_in_floating_point():
             weights[name] = "dequantize" in str(getattr(node.args[1], "target", ""))
     kept = sorted(n for n, int8 in weights.items() if not int8)
     assert kept == ["downs.0.1.0", "downs.0.1.3", "stem.0", "stem.3"]
-    assert len(weights) - len(kept) == 15 and weights["head"] and weights["downs.1.1.0"]
+    assert len(weights) - len(kept) == 19 and weights["head"] and weights["downs.1.1.0"]
+    # the decoder's transposed convolutions, as 1 x 1 convolutions, run in int8 too
+    assert all(weights[f"ups.{i}.up.conv"] for i in range(4))
 
 
 def test_bad_precisions_are_refused_with_the_choices():
@@ -207,6 +214,38 @@ def test_bench_precision_reports_agreement_and_both_figures(tmp_path):
     for key in ("agreement", "miou_fp32", "miou", "mp_per_s_fp32", "mp_per_s"):
         assert isinstance(result[key], float), key
     assert 0.98 < result["agreement"] <= 1 and abs(result["miou"] - result["miou_fp32"]) < 0.02
+
+
+def test_bench_precision_records_int8_agreement_where_auto_looks_for_it(tmp_path):
+    import shutil
+    from types import SimpleNamespace
+
+    from landcover_plugin.core.model.model_file import read_spec
+
+    bench = load_script("bench")
+    path = str(tmp_path / "mine.safetensors")
+    shutil.copy(MODEL, path)
+    spec = read_spec(path).with_training(int8=None)
+    before = load_model(MODEL)[0].state_dict()
+    result = {"precision": "int8", "agreement": 0.9961, "miou_fp32": 0.61, "miou": 0.6102,
+              "images": [{"image": "a.tif", "agreement": 0.993}, {"image": "b.tif", "agreement": 0.998}]}
+    args = SimpleNamespace(images=str(tmp_path), record="never trained on")
+    bench.record_int8(path, spec, result, args)
+    net, recorded = load_model(path)  # the checksum is whole
+    assert quantize.faithful(recorded)
+    record = recorded.training["int8"]
+    assert record["scheme"] == quantize.SCHEME and record["agreement"] == 0.9961
+    assert "2 images" in record["images"] and "never trained on" in record["images"]
+    assert all(torch.equal(t, before[k]) for k, t in net.state_dict().items())
+    assert np.array_equal(net.calibration_windows, load_model(MODEL)[0].calibration_windows)
+    bench.record_int8(path, spec, {**result, "agreement": 0.99}, args)
+    assert not quantize.faithful(read_spec(path))
+    with pytest.raises(InputError, match="bf16 did"):
+        bench.record_int8(path, spec, {**result, "precision": "bf16"}, args)
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench.py"), "precision", str(tmp_path),
+                           "--precision", "bf16", "--record", "--model", path], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+    assert done.returncode != 0 and "add --precision int8" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_a_failing_int8_compile_falls_back_under_auto_and_is_one_clear_error_when_forced(tmp_path, monkeypatch):

@@ -88,6 +88,19 @@ def write_tensors(path: str, tensors: dict, doc: dict) -> None:
             os.remove(tmp)
 
 
+def rewrite(path: str, spec, tensors: dict | None = None) -> None:
+    """Store `spec` as the model file's metadata (and `tensors` in place of those of the same names), the
+    other tensors copied unchanged; a spec the engine would refuse to read is refused before anything is
+    written."""
+    from safetensors import safe_open
+
+    doc = spec.to_dict()
+    type(spec).from_dict(doc)
+    with safe_open(path, "pt") as f:
+        kept = {k: f.get_tensor(k) for k in f.keys()}
+    write_tensors(path, {**kept, **(tensors or {})}, doc)
+
+
 def _digest(header: dict, chunks) -> str:
     """SHA-256 of the tensor table and the metadata (canonical JSON, the digest itself left out) and the data."""
     table = {k: v for k, v in header.items() if k != "__metadata__"}
