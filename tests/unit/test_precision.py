@@ -189,6 +189,26 @@ def test_int8_labels_agree_with_fp32_the_log_says_int8_and_the_package_is_reused
         assert np.array_equal(ds.read(1), labels["int8"])
 
 
+def test_an_int8_batch_shorter_than_the_compiled_one_runs_unpadded_with_the_same_scores(cache):
+    if not quantize.int8_available():
+        pytest.skip("torchao or a C++ compiler is missing")
+    from landcover_plugin.core.inference.windows import blend_weights
+    from landcover_plugin.core.model.predictor import Predictor
+
+    net, spec = load_model(MODEL)
+    with rasterio.open(CROP) as ds:
+        pixels = ds.read()
+    windows = np.stack([pixels[:, y:y + 512, x:x + 512] for y, x in ((0, 0), (256, 0), (100, 256))])
+    predictor = Predictor(net, spec.mean, spec.std, blend_weights(512, 64), CPU, 2, precision="int8")
+    calls = []
+    package = predictor.int8
+    predictor.int8 = lambda x: calls.append(len(x)) or package(x)
+    together = predictor(windows)  # a batch of two, then one
+    assert calls == [2, 1] and together.shape == (3, len(spec.classes), 512, 512)
+    alone = predictor(windows[2:])
+    torch.testing.assert_close(alone[0], together[2], atol=1e-5, rtol=1e-5)
+
+
 def test_int8_without_calibration_windows_is_a_clear_error_and_writes_nothing(tmp_path, cache):
     net, spec = load_model(MODEL)
     net.calibration_windows = None

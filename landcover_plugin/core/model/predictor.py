@@ -72,11 +72,8 @@ class Predictor:
     def _forward(self, x):
         if self.int8 is None:
             return self.net(x)
-        n = len(x)
-        if n < self.batch_size:  # compiled for full batches only: another shape would compile again
-            x = self.torch.cat([x, x.new_zeros((self.batch_size - n, *x.shape[1:]))])
-        # compiled for channels-last strides, which padding and TTA's turns do not keep
-        return self.int8(x.contiguous(memory_format=self.torch.channels_last))[:n]
+        # compiled for batches up to batch_size and channels-last strides, which TTA's turns do not keep
+        return self.int8(x.contiguous(memory_format=self.torch.channels_last))
 
     def _tta(self, x):
         """Mean probabilities over the 8 flips and quarter turns, each mapped back."""

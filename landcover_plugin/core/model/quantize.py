@@ -35,6 +35,8 @@ INT8_MIN_AGREEMENT = 0.995
 # four convolutions in fp32 99.51% (all 122 chips: 99.509%), the whole encoder 99.60%, the decoder
 # 99.21%, the stem alone 99.36%. They cost int8 about 13% of its speed (0.535 -> 0.463 MP/s here).
 FLOAT_LAYERS = ("stem.", "downs.0.")
+# how packages are built, beside the arithmetic (in their cache names: a package built otherwise is not reused)
+PACKAGE = "aot-inductor, channels-last, batch 1 to the shape's"
 SCHEME = ("x86-inductor, per-channel weights, histogram activations, float " + "+".join(FLOAT_LAYERS)
           + ", upsampling as int8 1x1 + depth-to-space")
 
@@ -104,7 +106,7 @@ def package_path(network, mean, std, shape) -> str:
         ao = torchao.__version__
     except ImportError:
         ao = None
-    h.update(json.dumps([SCHEME, list(mean), list(std), list(shape), torch.__version__, ao,
+    h.update(json.dumps([SCHEME, PACKAGE, list(mean), list(std), list(shape), torch.__version__, ao,
                          torch.backends.cpu.get_cpu_capability()]).encode())
     return os.path.join(cache_dir(), h.hexdigest()[:32] + ".pt2")
 
@@ -133,8 +135,7 @@ def worth_int8(network, spec, shape, pixels: int) -> bool:
 
 def int8_network(source, fused, mean, std, shape, log=lambda m: None):
     """A callable running `fused` (the inference form of `source`, a network from load_model) in int8
-    on normalised channels-last inputs of exactly `shape` (batch, bands, tile, tile: callers pad a
-    short batch).
+    on normalised channels-last inputs of `shape` (batch, bands, tile, tile), or of a shorter batch.
 
     Loaded from the cache where the package exists, else quantized on the calibration windows
     `source` carries, compiled and stored there first.
@@ -185,7 +186,9 @@ def _compile(network, windows, mean, std, shape, path: str) -> None:
             converted = quantized(network, windows, mean, std)
             # compiled code assumes its example's memory layout: channels-last, as the engine feeds it
             example = torch.zeros(shape).contiguous(memory_format=torch.channels_last)
-            program = torch.export.export(converted, (example,))
+            # any batch up to shape's: a raster's last, short batch runs as it is instead of padded
+            dynamic = ({0: torch.export.Dim("batch", min=1, max=shape[0])},) if shape[0] > 1 else None
+            program = torch.export.export(converted, (example,), dynamic_shapes=dynamic)
             # freezing makes the weights constants, so that Inductor prepacks them for its int8 kernels
             with torch._inductor.config.patch(freezing=True):
                 torch._inductor.aoti_compile_and_package(program, package_path=tmp)
