@@ -37,13 +37,16 @@ def test_fused_batchnorm_gives_the_same_outputs_and_leaves_the_original():
             m.running_mean.uniform_(-1, 1)
             m.running_var.uniform_(0.5, 2)
             m.weight.data.uniform_(0.5, 1.5)
-    net.eval()
-    fused = fused_for_inference(net)
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
-    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
-    x = torch.randn(2, 3, 37, 45)
+    _answers_alike_without(net.eval(), fused_for_inference, torch.nn.BatchNorm2d, torch.randn(2, 3, 37, 45))
+
+
+def _answers_alike_without(net, rewrite, kind, x):
+    """rewrite(net) holds no `kind` module, answers x as net does, and net keeps its own."""
+    rewritten = rewrite(net)
+    assert not any(isinstance(m, kind) for m in rewritten.modules())
+    assert any(isinstance(m, kind) for m in net.modules())
     with torch.no_grad():
-        torch.testing.assert_close(fused(x), net(x), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(rewritten(x), net(x), atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("cin,cout,bias", [(8, 4, True), (6, 3, False), (1, 1, True)])
@@ -62,11 +65,6 @@ def test_depth_to_space_upsampling_is_the_transposed_convolution(cin, cout, bias
 
 def test_a_network_with_depth_to_space_upsampling_answers_as_before_and_others_are_refused():
     net = UNet(3, 5, 8, 3).eval()
-    rewritten = with_depth_to_space(net)
-    assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in rewritten.modules())
-    assert any(isinstance(m, torch.nn.ConvTranspose2d) for m in net.modules())
-    x = torch.randn(1, 3, 40, 56)
-    with torch.no_grad():
-        torch.testing.assert_close(rewritten(x), net(x), atol=1e-4, rtol=1e-4)
+    _answers_alike_without(net, with_depth_to_space, torch.nn.ConvTranspose2d, torch.randn(1, 3, 40, 56))
     with pytest.raises(ValueError, match="stride 2"):
         DepthToSpaceUp(torch.nn.ConvTranspose2d(4, 4, 3, stride=2))
