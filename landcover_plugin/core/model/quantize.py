@@ -21,8 +21,9 @@ from ..errors import InputError
 # Measured on the 2-core development CPU held to AVX2 (no bf16 kernels), whole path at 2048²: int8
 # 0.355 MP/s against fp32's 0.251, 1.2 s saved per megapixel; quantizing and compiling a package took
 # 15-30 s, loading a cached one 1.3 s. So auto chooses int8 from 2 MP where the package is cached, and
-# from 32 MP where it must be compiled. Where the CPU has bf16 kernels bf16 ran as fast as int8 (0.470
-# vs 0.463 MP/s) with more faithful labels and nothing to compile, so auto keeps bf16 there.
+# from 32 MP where it must be compiled. Where the CPU has bf16 kernels bf16 ran about as fast as int8
+# (0.446-0.470 against 0.357-0.536 MP/s, interleaved runs, 2026-11-27) in less memory with nothing to
+# compile, so auto keeps bf16 there.
 INT8_MIN_PIXELS_CACHED = 2_000_000
 INT8_MIN_PIXELS_COLD = 32_000_000
 # auto uses int8 only for a model whose file records that int8 labels agreed with fp32's on at least
