@@ -9,6 +9,7 @@ from rasterio.warp import reproject
 from rasterio.windows import Window
 
 from ..errors import Cancelled, InputError
+from ..io.bindings import osgeo
 from ..model.classes import NODATA_CLASS, LandClass
 from .metrics import confusion, scores
 
@@ -17,12 +18,10 @@ ROWS_PER_READ = 512
 
 def raster_classes(path: str) -> list[LandClass]:
     """Classes named in a class raster (GDAL category names and colour table), else none."""
-    try:
-        from osgeo import gdal
-    except ImportError:
+    modules = osgeo()
+    if modules is None:
         return []
-    gdal.UseExceptions()  # GDAL 3.9+ warns on stderr at every call that does not say
-    ds = gdal.Open(path)
+    ds = modules[0].Open(path)
     band = ds.GetRasterBand(1)
     band.GetMetadata()  # the GeoTIFF driver loads category names from the .aux.xml lazily
     names = band.GetCategoryNames() or []

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..model.classes import NODATA_CLASS
+from .bindings import osgeo
 from .class_table import lookup, value_to_id
 
 
@@ -25,13 +26,11 @@ def rasterize_labels(raster_path: str, vector_path: str, field: str, classes, la
 
 
 def _open_layer(vector_path: str, layer: str | None):
+    modules = osgeo()
+    if modules is None:
+        raise InputError("Vector labels need GDAL's Python bindings (osgeo).")
     try:
-        from osgeo import ogr
-    except ImportError:
-        raise InputError("Vector labels need GDAL's Python bindings (osgeo).") from None
-    ogr.UseExceptions()
-    try:
-        ds = ogr.Open(vector_path)
+        ds = modules[1].Open(vector_path)
     except RuntimeError as exc:
         raise InputError(f"{vector_path} cannot be opened as a vector layer ({exc}).") from None
     lyr = ds.GetLayerByName(layer) if layer else ds.GetLayer(0)
@@ -78,9 +77,7 @@ def rasterize_on_grid(vector_path: str, field: str, classes, shape, transform, c
 
 
     ds, lyr = _open_layer(vector_path, layer)
-    from osgeo import osr
-
-    osr.UseExceptions()
+    osr = osgeo()[2]  # there: the layer opened
     _check_field(lyr, field)
     ids = value_to_id(classes)
     transform_geom = None

@@ -10,6 +10,7 @@ import os
 import uuid
 
 from ..model.classes import NODATA_CLASS
+from .bindings import osgeo
 
 CONFIDENCE_NODATA = -1.0
 BLOCK = 256
@@ -94,11 +95,10 @@ def write_class_styling(dataset, classes) -> None:
 
 def set_category_names(path: str, classes) -> bool:
     """Category names, which GDAL keeps in the .aux.xml beside a GeoTIFF; False without GDAL's bindings."""
-    try:
-        from osgeo import gdal
-    except ImportError:
+    modules = osgeo()
+    if modules is None:
         return False
-    gdal.UseExceptions()  # GDAL 3.9+ warns on stderr at every call that does not say
+    gdal = modules[0]
     names = [""] * (max(c.id for c in classes) + 1)
     for c in classes:
         names[c.id] = c.name

@@ -19,6 +19,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ..errors import Cancelled, InputError
+from ..io.bindings import osgeo
 from ..io.geo import GroundGeometry
 from ..model.classes import NODATA_CLASS
 from .coverage import Coverage
@@ -38,14 +39,11 @@ class Region:
 
 
 def _gdal():
-    try:
-        from osgeo import gdal, ogr, osr
-    except ImportError:
+    modules = osgeo()
+    if modules is None:
         raise InputError("Polygons need GDAL's Python bindings (osgeo); install python3-gdal or the gdal "
-                         "package that matches your GDAL.") from None
-    for module in (gdal, ogr, osr):  # GDAL 3.9+ warns on stderr at every call that does not say
-        module.UseExceptions()
-    return gdal, ogr, osr
+                         "package that matches your GDAL.")
+    return modules
 
 
 def sieve(class_path: str, min_pixels: int, cancel: Callable[[], bool] | None = None) -> None:
