@@ -206,8 +206,7 @@ def test_map_resolution_in_degrees_is_what_the_engine_reads_back():
     assert geometry.gsd == pytest.approx(0.5, rel=0.002)
 
 
-@pytest.mark.parametrize("tolerance", [2.0])
-def test_polygons_do_not_depend_on_the_arc_cache(tmp_path, model_file, tolerance, monkeypatch):
+def test_polygons_do_not_depend_on_the_arc_cache(tmp_path, model_file, monkeypatch):
     """The cache of simplified arcs is bounded (memory stays flat on any raster); an arc that fell out is
     simplified again to the same result, so a cache of ten arcs gives the very same polygons, the arcs kept as
     traced (found beside each other through the region-id raster) included."""
@@ -224,7 +223,7 @@ def test_polygons_do_not_depend_on_the_arc_cache(tmp_path, model_file, tolerance
         kept.append(len(self.keep))
 
     monkeypatch.setattr(coverage.Coverage, "settle", counting)
-    opts = SegmentOptions(min_area=6, simplify=tolerance, precision="fp32", device="cpu")
+    opts = SegmentOptions(min_area=6, simplify=2.0, precision="fp32", device="cpu")
     big = segment(FIXTURE, str(tmp_path / "a.tif"), model_file, vector_path=str(tmp_path / "a.gpkg"), options=opts)
     monkeypatch.setattr(coverage, "CACHE_ARCS", 10)
     small = segment(FIXTURE, str(tmp_path / "b.tif"), model_file, vector_path=str(tmp_path / "b.gpkg"), options=opts)
