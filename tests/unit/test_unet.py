@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from landcover_plugin.core.model.unet import DepthToSpaceUp, UNet, fused_for_inference, with_depth_to_space
+from landcover_plugin.core.model.unet import (DepthToSpaceUp, UNet, fused_for_inference, with_depth_to_space,
+                                              with_float_blocks)
 
 
 @pytest.mark.parametrize("h,w", [(64, 64), (37, 53), (1, 1), (5, 130), (17, 16)])
@@ -68,3 +69,18 @@ def test_a_network_with_depth_to_space_upsampling_answers_as_before_and_others_a
     _answers_alike_without(net, with_depth_to_space, torch.nn.ConvTranspose2d, torch.randn(1, 3, 40, 56))
     with pytest.raises(ValueError, match="stride 2"):
         DepthToSpaceUp(torch.nn.ConvTranspose2d(4, 4, 3, stride=2))
+
+
+def test_float_blocks_run_in_fp32_under_autocast_the_rest_in_bf16_and_the_original_is_kept():
+    net = UNet(3, 5, 8, 3).eval()
+    mixed = with_float_blocks(net, ("downs.1", "downs.7"))  # downs.7: absent in a shallower network, skipped
+    seen = {}
+    for name in ("downs.0", "downs.1", "downs.2"):
+        mixed.get_submodule(name).register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, o.dtype))
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(mixed(x), net(x))  # outside autocast nothing changes
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed(x)
+    assert seen == {"downs.0": torch.bfloat16, "downs.1": torch.float32, "downs.2": torch.bfloat16}
+    assert type(net.downs[1]).__name__ == "Down"

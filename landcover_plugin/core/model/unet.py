@@ -133,6 +133,34 @@ def with_depth_to_space(net: nn.Module) -> nn.Module:
     return out
 
 
+class InFloat(nn.Module):
+    """`module` run in fp32 inside an autocast region: its inputs cast up, autocast off for its layers."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(xs[0].device.type, enabled=False):
+            return self.module(*(x.float() for x in xs))
+
+
+def with_float_blocks(net: nn.Module, names: tuple) -> nn.Module:
+    """A copy of `net` whose submodules `names` (e.g. "downs.1"; absent ones skipped: shallower networks)
+    run in fp32 under autocast."""
+    import copy
+
+    out = copy.deepcopy(net)
+    for name in names:
+        try:
+            child = out.get_submodule(name)
+        except AttributeError:
+            continue
+        parent, _, leaf = name.rpartition(".")
+        setattr(out.get_submodule(parent) if parent else out, leaf, InFloat(child))
+    return out
+
+
 def fit_batchnorm(net: nn.Module, images) -> nn.Module:
     """Set every BatchNorm's statistics to those of `images` (normalised, N x C x H x W, or an iterable of
     such batches, averaged alike); returns net in eval mode.
