@@ -124,7 +124,7 @@ def test_int8_keeps_the_stem_and_first_down_block_in_floating_point_and_upsample
     assert all(weights[f"ups.{i}.up.conv"] for i in range(4))
 
 
-def test_bf16_keeps_the_second_down_block_in_fp32_and_other_precisions_keep_the_network_whole():
+def test_bf16_keeps_the_second_down_blocks_first_convolution_in_fp32_and_fp32_keeps_the_network_whole():
     from landcover_plugin.core.inference.windows import blend_weights
     from landcover_plugin.core.model.predictor import Predictor
 
@@ -132,11 +132,11 @@ def test_bf16_keeps_the_second_down_block_in_fp32_and_other_precisions_keep_the_
     kinds = {}
     for precision in ("bf16", "fp32"):
         p = Predictor(net, spec.mean, spec.std, blend_weights(64, 8), CPU, 2, precision=precision)
-        kinds[precision] = [type(m).__name__ for m in p.net.downs]
+        kinds[precision] = [type(m).__name__ for m in p.net.downs[1][1]]
         scores = p(np.full((1, 3, 64, 64), 120, np.uint8))
         assert scores.dtype == torch.float32 and scores.shape == (1, len(spec.classes), 64, 64)
-    assert device_mod.BF16_FLOAT_BLOCKS == ("downs.1",)
-    assert kinds == {"bf16": ["Down", "InFloat", "Down", "Down"], "fp32": ["Down"] * 4}
+    assert device_mod.BF16_FLOAT_LAYERS == ("downs.1.1.0",)
+    assert kinds["bf16"][0] == "InFloat" and kinds["bf16"][3] == kinds["fp32"][0] == kinds["fp32"][3] == "Conv2d"
 
 
 def test_bad_precisions_are_refused_with_the_choices():

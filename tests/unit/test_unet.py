@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from landcover_plugin.core.model.unet import (DepthToSpaceUp, UNet, fused_for_inference, with_depth_to_space,
-                                              with_float_blocks)
+                                              with_float_layers)
 
 
 @pytest.mark.parametrize("h,w", [(64, 64), (37, 53), (1, 1), (5, 130), (17, 16)])
@@ -73,7 +73,7 @@ def test_a_network_with_depth_to_space_upsampling_answers_as_before_and_others_a
 
 def test_float_blocks_run_in_fp32_under_autocast_the_rest_in_bf16_and_the_original_is_kept():
     net = UNet(3, 5, 8, 3).eval()
-    mixed = with_float_blocks(net, ("downs.1", "downs.7"))  # downs.7: absent in a shallower network, skipped
+    mixed = with_float_layers(net, ("downs.1", "downs.7"))  # downs.7: absent in a shallower network, skipped
     seen = {}
     for name in ("downs.0", "downs.1", "downs.2"):
         mixed.get_submodule(name).register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, o.dtype))

@@ -88,7 +88,7 @@ def choose_precision(device, precision: str = "auto", int8_pays: bool = False) -
     auto: on a GPU fp16; on a CPU int8 where the caller found that it can run and repays its set-up
     (quantize.worth_int8: CPUs without bf16 kernels), else bf16 where the CPU has bf16 kernels, else
     fp32. fp16 keeps three more bits than bf16: on 60 OpenAerialMap chips the model never saw, its
-    labels agreed with fp32's on 99.96% of pixels against bf16's 99.46%, and on an H100 the network
+    labels agreed with fp32's on 99.96% of pixels against all-bf16's 99.46%, and on an H100 the network
     ran faster in it (378 against 336 MP/s, batch 32). With the CPU held to AVX2, int8 ran the whole
     path at 0.355 MP/s against fp32's 0.251, labels agreeing with fp32's on 99.51% of pixels of
     imagery from other continents (scripts/bench.py precision); with bf16 kernels bf16 ran as fast.
@@ -112,13 +112,13 @@ def choose_precision(device, precision: str = "auto", int8_pays: bool = False) -
     return "bf16" if cpu_has_bf16() else "fp32"
 
 
-# Blocks that bf16 runs in fp32 (unet.with_float_blocks). bf16's 8-bit mantissa moved labels of imagery
+# Layers that bf16 runs in fp32 (unet.with_float_layers). bf16's 8-bit mantissa moved labels of imagery
 # the land-cover model never saw: with every layer in bf16, 99.42% of 122 OpenAerialMap chips' labels
 # agreed with fp32's and 99.49% of 56 DeepGlobe windows', short of the 99.5% asked of a faster
-# precision. The second down block in fp32 brought them to 99.69% and 99.66% for about 4% of bf16's
-# speed; no other block came near (the stem and head together: 99.50% / 99.56% for 8%; the first down
-# block alone made it worse, 99.30%). Measured per block with the others in bf16, 2026-11-27.
-BF16_FLOAT_BLOCKS = ("downs.1",)
+# precision. Tried block by block with the rest in bf16, only the second down block came near: in fp32
+# 99.69% and 99.66%, but 11% slower; its first convolution alone gave 99.62% and 99.62% for 3% (the
+# stem and the head together: 99.50% / 99.56%; the first down block: 99.30%). 2026-11-27, network alone.
+BF16_FLOAT_LAYERS = ("downs.1.1.0",)
 
 
 def amp_dtype(device, precision: str = "auto"):

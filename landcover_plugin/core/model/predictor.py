@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError
-from .device import BF16_FLOAT_BLOCKS, amp_dtype, torch_or_error
+from .device import BF16_FLOAT_LAYERS, amp_dtype, torch_or_error
 
 
 class Predictor:
@@ -16,11 +16,11 @@ class Predictor:
         self.batch_size = batch_size
         self.tta = tta
         self.amp = amp_dtype(device, precision)
-        from .unet import fused_for_inference, with_float_blocks
+        from .unet import fused_for_inference, with_float_layers
 
         self.net = fused_for_inference(network).to(device).to(memory_format=torch.channels_last)
         if self.amp == torch.bfloat16:
-            self.net = with_float_blocks(self.net, BF16_FLOAT_BLOCKS)
+            self.net = with_float_layers(self.net, BF16_FLOAT_LAYERS)
         self.int8 = None
         if precision == "int8":
             from .quantize import int8_network

@@ -145,7 +145,7 @@ class InFloat(nn.Module):
             return self.module(*(x.float() for x in xs))
 
 
-def with_float_blocks(net: nn.Module, names: tuple) -> nn.Module:
+def with_float_layers(net: nn.Module, names: tuple) -> nn.Module:
     """A copy of `net` whose submodules `names` (e.g. "downs.1"; absent ones skipped: shallower networks)
     run in fp32 under autocast."""
     import copy
