@@ -1,8 +1,13 @@
 import pytest
 import torch
 
-from landcover_plugin.core.model.unet import (DepthToSpaceUp, UNet, fused_for_inference, with_depth_to_space,
-                                              with_float_layers)
+from landcover_plugin.core.model.unet import (
+    DepthToSpaceUp,
+    UNet,
+    fused_for_inference,
+    with_depth_to_space,
+    with_float_layers,
+)
 
 
 @pytest.mark.parametrize("h,w", [(64, 64), (37, 53), (1, 1), (5, 130), (17, 16)])
