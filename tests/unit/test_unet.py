@@ -76,7 +76,7 @@ def test_a_network_with_depth_to_space_upsampling_answers_as_before_and_others_a
         DepthToSpaceUp(torch.nn.ConvTranspose2d(4, 4, 3, stride=2))
 
 
-def test_float_blocks_run_in_fp32_under_autocast_the_rest_in_bf16_and_the_original_is_kept():
+def test_float_layers_run_in_fp32_under_autocast_the_rest_in_bf16_and_the_original_is_kept():
     net = UNet(3, 5, 8, 3).eval()
     mixed = with_float_layers(net, ("downs.1", "downs.7"))  # downs.7: absent in a shallower network, skipped
     seen = {}
