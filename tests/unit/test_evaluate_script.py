@@ -84,6 +84,10 @@ def test_bench_reports_every_stage_and_the_onnx_ratio(tmp_path):
                 "peak_rss_mb", "device", "onnx_mp_per_s", "ratio_vs_onnx"):
         assert key in result, key
     assert result["megapixels"] == pytest.approx(0.09) and result["peak_rss_mb"] > 50
+    # three runs by default, each beside its own onnxruntime pass; the one reported is the median ratio's
+    assert len(result["runs"]) == 3
+    assert result["ratio_vs_onnx"] == sorted(r["ratio_vs_onnx"] for r in result["runs"])[1]
+    assert result["mp_per_s"] in [r["mp_per_s"] for r in result["runs"]]
     assert os.listdir(tmp_path) == []
 
 
