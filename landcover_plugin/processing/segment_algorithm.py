@@ -148,9 +148,10 @@ class SegmentAlgorithm(LandcoverAlgorithm):
             self.tr("auto: fp16 on a GPU; on a CPU without bf16 kernels int8 where it pays (rasters of 2 megapixels or "
                     "more once it has been compiled for this model and CPU, 32 megapixels before: compiling takes "
                     "15-40 s, once, and is kept in the user's cache), else bf16 where the CPU has bf16 kernels, else "
-                    "fp32. fp32 is the reference; fp16 and int8 agree with it on over 99.5% of pixels, bf16 on about "
-                    "99.4-99.9%; on a CPU bf16 and int8 run 1.4-2x faster than fp32. fp16 runs on GPUs only, int8 on "
-                    "CPUs only and needs the torchao package. From qgis_process: PRECISION=int8."),
+                    "fp32. fp32 is the reference; fp16, bf16 and int8 agreed with it on over 99.5% of the pixels "
+                    "of imagery the bundled land-cover model never saw (auto uses int8 only for a model whose file "
+                    "records such a figure); on a CPU bf16 and int8 run 1.4-2x faster than fp32. fp16 runs on GPUs "
+                    "only, int8 on CPUs only and needs the torchao package. From qgis_process: PRECISION=int8."),
             advanced=True)
         add(QgsProcessingParameterBoolean(self.TTA, self.tr("Test-time augmentation (8x slower)"), defaultValue=False),
             self.tr("Average the predictions of the 8 flips and quarter turns of every window."), advanced=True)
