@@ -73,6 +73,9 @@ def parse_args(argv=None):
     p.add_argument("--class-weight-power", type=float, default=0.5)
     p.add_argument("--gsd", type=float, help="ground sampling distance of the training images in metres")
     p.add_argument("--half-weights", action="store_true", help="store float16 weights (half the file size)")
+    p.add_argument("--int8-check", action="store_true", help="after training, measure int8 against fp32 on the "
+                   "validation images and record it in the model file, so that auto may run the model in int8 on "
+                   "CPUs without bf16 kernels (needs torchao and a C++ compiler; compiling takes 15-40 s)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--seed", type=int, default=0)
@@ -108,7 +111,7 @@ def _config(args, cuda: bool, extra: dict):
         cfg.epochs = None
     for key in ("infer_tile", "infer_overlap", "base_width", "depth", "weight_decay", "passes", "rare_fraction",
                 "scale_jitter", "color_jitter", "loss", "class_weight_power", "seed", "workers", "device",
-                "half_weights", "max_minutes", "name", "init", "average_last"):
+                "half_weights", "max_minutes", "name", "init", "average_last", "int8_check"):
         if getattr(args, key) is not None or key in ("gsd", "max_minutes", "init"):
             setattr(cfg, key, getattr(args, key))
     cfg.gsd = args.gsd if args.gsd is not None else cfg.gsd

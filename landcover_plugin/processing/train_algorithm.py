@@ -41,6 +41,7 @@ class TrainAlgorithm(LandcoverAlgorithm):
     BATCH_SIZE = "BATCH_SIZE"
     LEARNING_RATE = "LEARNING_RATE"
     DEVICE = "DEVICE"
+    INT8_CHECK = "INT8_CHECK"
     OUTPUT_MODEL = "OUTPUT_MODEL"
     OUTPUT_REPORT = "OUTPUT_REPORT"
     VAL_MIOU = "VAL_MIOU"
@@ -105,6 +106,13 @@ class TrainAlgorithm(LandcoverAlgorithm):
             self.tr("AdamW learning rate of the decoder; the encoder learns at 0.3x, the head at 5x."), advanced=True)
         add(QgsProcessingParameterEnum(self.DEVICE, self.tr("Device"), DEVICES, defaultValue=0),
             self.tr("auto: the CUDA GPU when PyTorch sees one, else the CPU."))
+        add(QgsProcessingParameterBoolean(self.INT8_CHECK, self.tr("Measure int8 on the held-out area afterwards"),
+                                          defaultValue=False),
+            self.tr("After training, compare the model's int8 labels with its fp32 labels on the validation blocks "
+                    "and record the figure in the model file: where at least 99.5% of pixels agree, Segment land "
+                    "cover's auto precision runs the model in int8 on CPUs without bf16 kernels (most laptops), "
+                    "1.4x faster than fp32. Needs the torchao package and a C++ compiler; takes about a minute "
+                    "after the time budget."), advanced=True)
         add(QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, self.tr("Trained model"),
                                                   "Model files (*.safetensors)"),
             self.tr("The .safetensors model file, usable at once by Segment land cover."))
@@ -144,7 +152,7 @@ class TrainAlgorithm(LandcoverAlgorithm):
             batch_size=self.optional_number(parameters, self.BATCH_SIZE, context, int),
             lr=self.optional_number(parameters, self.LEARNING_RATE, context, float),
             device=self.device(parameters, context), report_path=report,
-            command="landcover:train")
+            int8_check=self.parameterAsBool(parameters, self.INT8_CHECK, context), command="landcover:train")
         hooks = Hooks(log=feedback.pushInfo, progress=lambda f: feedback.setProgress(100.0 * f),
                       cancel=feedback.isCanceled)
         try:

@@ -19,7 +19,8 @@ from landcover_plugin.core.model.model_file import load_model, read_spec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN_PARAMS = ["INPUT", "LABELS", "CLASS_FIELD", "INIT_MODEL", "FROM_SCRATCH", "VALIDATION", "MAX_MINUTES", "EPOCHS",
-                "TILE_SIZE", "BATCH_SIZE", "LEARNING_RATE", "DEVICE", "OUTPUT_MODEL", "OUTPUT_REPORT"]
+                "TILE_SIZE", "BATCH_SIZE", "LEARNING_RATE", "DEVICE", "INT8_CHECK", "OUTPUT_MODEL",
+                "OUTPUT_REPORT"]
 # The sample's grid as `make demo-train` georeferences it; the committed polygons lie on it (EPSG:4326).
 ORIGIN, PIXEL = (300000.0, 2780000.0), 0.5
 POLYGONS = os.path.join(DATA, "dubai_tile7_005_crop_polygons.geojson")
@@ -77,18 +78,26 @@ def test_parameters_and_outputs(provider):
     assert [p.name() for p in alg.parameterDefinitions()] == TRAIN_PARAMS
     defaults = {p.name(): p.defaultValue() for p in alg.parameterDefinitions()}
     assert defaults["VALIDATION"] == 0.2 and defaults["MAX_MINUTES"] == 15 and defaults["FROM_SCRATCH"] is False
-    assert defaults["EPOCHS"] is None and defaults["DEVICE"] == 0
+    assert defaults["EPOCHS"] is None and defaults["DEVICE"] == 0 and defaults["INT8_CHECK"] is False
     assert all(p.help() for p in alg.parameterDefinitions())
     assert {o.name() for o in alg.outputDefinitions()} >= {"VAL_MIOU", "INIT_VAL_MIOU", "OUTPUT_MODEL"}
 
 
-def test_sparse_polygons_by_name_in_another_crs(provider, sample, start_model, tmp_path):
-    """The committed polygons (10% of the sample, EPSG:4326, class names) train a model segment can use."""
+def test_sparse_polygons_by_name_in_another_crs(provider, sample, start_model, tmp_path, monkeypatch):
+    """The committed polygons (10% of the sample, EPSG:4326, class names) train a model segment can use; with
+    INT8_CHECK the file records int8's agreement with fp32 on the held-out blocks, which auto needs for int8."""
+    from landcover_plugin.core.model import quantize
+
+    monkeypatch.setenv("LANDCOVER_CACHE_DIR", str(tmp_path / "cache"))
     image, mask = sample
     out = run({"INPUT": [image], "LABELS": POLYGONS, "CLASS_FIELD": "class", "INIT_MODEL": start_model,
                "EPOCHS": 2, "MAX_MINUTES": 5, **FAST, "OUTPUT_MODEL": str(tmp_path / "adapted.safetensors"),
-               "OUTPUT_REPORT": str(tmp_path / "report.html")})
+               "OUTPUT_REPORT": str(tmp_path / "report.html"), "INT8_CHECK": True})
     net, spec = load_model(out["OUTPUT_MODEL"])
+    if quantize.int8_available():
+        record = spec.training["int8"]
+        assert record["scheme"] == quantize.SCHEME and 0.5 < record["agreement"] <= 1.0
+        assert "validation images or blocks" in record["images"] and record["command"] == "landcover:train"
     assert [(c.id, c.name) for c in spec.classes] == [(0, "background"), (1, "building"),
                                                       (2, "woodland/vegetation"), (3, "water"), (4, "road")]
     assert spec.gsd == pytest.approx(PIXEL) and spec.training["epoch"] in (0, 1, 2)

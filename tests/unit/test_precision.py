@@ -303,3 +303,36 @@ def test_a_failing_int8_compile_falls_back_under_auto_and_is_one_clear_error_whe
         segment(CROP, str(tmp_path / "forced.tif"), model, log=lambda m: None,
                 options=SegmentOptions(device="cpu", precision="int8"))
     assert not os.path.exists(tmp_path / "forced.tif")
+
+
+def test_int8_agreement_on_held_out_images_in_memory_is_recorded_where_auto_looks(tmp_path, cache, monkeypatch):
+    if not quantize.int8_available():
+        pytest.skip("torchao or a C++ compiler is missing")
+    import shutil
+    from types import SimpleNamespace
+
+    from landcover_plugin.core.evaluation import int8_agreement
+    from landcover_plugin.core.model.model_file import read_spec, rewrite
+
+    path = str(tmp_path / "mine.safetensors")
+    shutil.copy(MODEL, path)
+    rewrite(path, read_spec(path).with_training(int8=None))  # as a freshly trained model: never measured
+    with rasterio.open(CROP) as ds:
+        image = ds.read()
+    items = [SimpleNamespace(image=image[:, :300, :300]), SimpleNamespace(image=image[:, 200:, 100:])]
+    logs = []
+    record = int8_agreement.record_on_validation(path, items, "landcover:train", logs.append)
+    net, spec = load_model(path)  # the checksum is whole after the rewrite
+    assert spec.training["int8"] == record and record["scheme"] == quantize.SCHEME
+    assert 0.99 < record["agreement"] <= 1.0 and record["images"].startswith("2 validation images or blocks")
+    assert quantize.faithful(spec) == (record["agreement"] >= quantize.INT8_MIN_AGREEMENT)
+    assert any("int8 labels agreed" in m for m in logs)
+    assert all(torch.equal(t, load_model(MODEL)[0].state_dict()[k]) for k, t in net.state_dict().items())
+    # a cap on the windows measured keeps a large validation set from taking long: the first item alone
+    monkeypatch.setattr(int8_agreement, "MAX_WINDOWS", 1)
+    assert int8_agreement.measure(net, spec, items)[2] == 1
+    # cancelled, or nothing held out: the file stays as it was
+    rewrite(path, spec.with_training(int8=None))
+    assert int8_agreement.record_on_validation(path, items, "x", logs.append, cancel=lambda: True) is None
+    assert int8_agreement.record_on_validation(path, [], "x", logs.append) is None
+    assert read_spec(path).training["int8"] is None and any("cancelled" in m for m in logs)

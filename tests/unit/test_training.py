@@ -172,6 +172,26 @@ def test_fine_tuning_starts_from_a_model_file(tmp_path, pattern_dir):
     assert r.returncode == 2 and "--init" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_int8_check_records_int8_agreement_on_the_validation_images(tmp_path, pattern_dir):
+    from landcover_plugin.core.model import quantize
+
+    if not quantize.int8_available():
+        pytest.skip("torchao or a C++ compiler is missing")
+    out = tmp_path / "m.safetensors"
+    env = {**os.environ, "LANDCOVER_CACHE_DIR": str(tmp_path / "cache")}
+    r = _train(str(pattern_dir / "images"), str(pattern_dir / "masks"), "--out", str(out), "--epochs", "2",
+               "--lr", "5e-3", "--int8-check", *COMMON, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    record = load_model(str(out))[1].training["int8"]
+    assert record["scheme"] == quantize.SCHEME and 0.5 < record["agreement"] <= 1.0
+    assert record["images"].startswith("2 validation images or blocks") and "int8 labels agreed" in r.stderr
+    assert list((tmp_path / "cache" / "int8").glob("*.pt2"))  # compiled once, for the segment runs after
+    plain = tmp_path / "plain.safetensors"
+    assert _train(str(pattern_dir / "images"), str(pattern_dir / "masks"), "--out", str(plain), "--epochs", "1",
+                  *COMMON).returncode == 0
+    assert "int8" not in load_model(str(plain))[1].training
+
+
 def test_masks_with_unknown_ids_are_refused(tmp_path):
     img, mask = _pattern(0, 32)
     mask[0, 0] = 7

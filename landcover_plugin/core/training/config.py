@@ -42,6 +42,9 @@ class TrainConfig:
     freeze_bn: bool = False  # keep batch-norm statistics fixed while training
     max_val_pixels: int | None = None  # score at most this many pixels of validation imagery per epoch
     average_last: int = 0  # also try the mean of the weights of the last this many epochs (checkpoint averaging)
+    # after training, measure int8 against fp32 on the validation blocks and record it in the file, so that
+    # auto may run the model in int8 on CPUs without bf16 kernels (evaluation/int8_agreement.py)
+    int8_check: bool = False
     extra: dict = field(default_factory=dict)
 
 

@@ -59,6 +59,7 @@ class TrainJob:
     seed: int = 0
     name: str | None = None
     command: str = ""
+    int8_check: bool = False  # measure int8 on the validation blocks after training (TrainConfig.int8_check)
     extra: dict = field(default_factory=dict)
 
 
@@ -229,6 +230,7 @@ def run(job: TrainJob, hooks=None) -> JobResult:
         cfg = TrainConfig(**{"epochs": None, "workers": 0, "max_val_pixels": None if cuda else 3_000_000,
                              **{k: v for k, v in overrides.items() if v is not None}})
     cfg.max_minutes, cfg.device, cfg.gsd, cfg.seed = budget, job.device, gsd, job.seed
+    cfg.int8_check = job.int8_check and bool(val_items)
     cfg.init = job.init if init_spec is not None else None
     cfg.name = job.name or (f"{init_spec.name}, adapted" if init_spec else "land-cover U-Net")
     cfg.extra = {"training_rasters": [os.path.basename(p) for p in job.rasters],

@@ -238,6 +238,10 @@ class _Run(RunSetup):
         self._try_average()
         if self.epochs_done and self.best_epoch == 0:
             self._write()  # the starting model was never beaten: it is the result
+        if self.cfg.int8_check and self.epochs_done and not self.cancelled:
+            from ..evaluation.int8_agreement import record_on_validation
+
+            record_on_validation(self.out_path, self.val, self.command or "training", self.log, self.hooks.cancel)
         if self.cancelled:
             if self.epochs_done:
                 self.log(f"cancelled after {self.epochs_done} epoch(s): wrote the best model so far (epoch "
