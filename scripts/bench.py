@@ -479,8 +479,8 @@ def prepare_int8(model, tile: int, args) -> float | None:
     return round(time.perf_counter() - t0, 2)
 
 
-def run_bench(argv) -> int:
-    """The engine end to end on one raster, per stage; --compare-onnx adds onnxruntime on the same windows."""
+def _bench_args(argv):
+    """The whole-path bench's options."""
     p = argparse.ArgumentParser(prog="bench.py", description="the whole engine path on one raster, per stage")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--size", type=int, default=2048, help="an N x N three-band raster made on the fly")
@@ -506,6 +506,12 @@ def run_bench(argv) -> int:
     args = p.parse_args(argv)
     if args.repeat is not None and args.repeat < 1:
         p.error("--repeat must be at least 1")
+    return args
+
+
+def run_bench(argv) -> int:
+    """The engine end to end on one raster, per stage; --compare-onnx adds onnxruntime on the same windows."""
+    args = _bench_args(argv)
     _common.setup(quiet=True)
     from landcover_plugin.core.model.bundled import resolve_model_path
     from landcover_plugin.core.model.device import device_names, resolve_device

@@ -72,20 +72,25 @@ def parse_args(argv=None):
     p.add_argument("--loss", choices=("dice", "focal"), default="dice", help="added to class-weighted cross-entropy")
     p.add_argument("--class-weight-power", type=float, default=0.5)
     p.add_argument("--gsd", type=float, help="ground sampling distance of the training images in metres")
-    p.add_argument("--half-weights", action="store_true", help="store float16 weights (half the file size)")
-    p.add_argument("--int8-check", action="store_true", help="after training, measure int8 against fp32 on the "
-                   "validation images and record it in the model file, so that auto may run the model in int8 on "
-                   "CPUs without bf16 kernels (needs torchao and a C++ compiler; compiling takes 15-40 s)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-minutes", type=float, help="time budget: the schedule is fitted to it from measured "
                    "step and validation times")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --log-dir")
-    p.add_argument("--name", default="land-cover U-Net")
     p.add_argument("--init", metavar="MODEL", help="fine-tune: start from this model file (its architecture, "
                    "normalisation and weights; a new classifier head if the classes differ)")
+    _model_file_options(p)
     return p.parse_args(argv)
+
+
+def _model_file_options(p) -> None:
+    """What the written model file holds beside the weights."""
+    p.add_argument("--name", default="land-cover U-Net")
+    p.add_argument("--half-weights", action="store_true", help="store float16 weights (half the file size)")
+    p.add_argument("--int8-check", action="store_true", help="after training, measure int8 against fp32 on the "
+                   "validation images and record it in the model file, so that auto may run the model in int8 on "
+                   "CPUs without bf16 kernels (needs torchao and a C++ compiler; compiling takes 15-40 s)")
 
 
 def _config(args, cuda: bool, extra: dict):

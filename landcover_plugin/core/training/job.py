@@ -229,8 +229,7 @@ def run(job: TrainJob, hooks=None) -> JobResult:
     else:
         cfg = TrainConfig(**{"epochs": None, "workers": 0, "max_val_pixels": None if cuda else 3_000_000,
                              **{k: v for k, v in overrides.items() if v is not None}})
-    cfg.max_minutes, cfg.device, cfg.gsd, cfg.seed = budget, job.device, gsd, job.seed
-    cfg.int8_check = job.int8_check and bool(val_items)
+    cfg.max_minutes, cfg.device, cfg.gsd, cfg.seed, cfg.int8_check = budget, job.device, gsd, job.seed, job.int8_check
     cfg.init = job.init if init_spec is not None else None
     cfg.name = job.name or (f"{init_spec.name}, adapted" if init_spec else "land-cover U-Net")
     cfg.extra = {"training_rasters": [os.path.basename(p) for p in job.rasters],
