@@ -328,9 +328,10 @@ def test_int8_agreement_on_held_out_images_in_memory_is_recorded_where_auto_look
     assert quantize.faithful(spec) == (record["agreement"] >= quantize.INT8_MIN_AGREEMENT)
     assert any("int8 labels agreed" in m for m in logs)
     assert all(torch.equal(t, load_model(MODEL)[0].state_dict()[k]) for k, t in net.state_dict().items())
-    # a cap on the windows measured keeps a large validation set from taking long: the first item alone
+    # a cap on the windows measured keeps a large validation set from taking long: one window of the first item
     monkeypatch.setattr(int8_agreement, "MAX_WINDOWS", 1)
-    assert int8_agreement.measure(net, spec, items)[2] == 1
+    assert int8_agreement.measure(net, spec, items)[2:] == (1, 300 * 300)
+    assert int8_agreement.measure(net, spec, items[1:])[2:] == (1, spec.tile_size ** 2)  # its top-left window
     # cancelled, or nothing held out: the file stays as it was
     rewrite(path, spec.with_training(int8=None))
     assert int8_agreement.record_on_validation(path, items, "x", logs.append, cancel=lambda: True) is None

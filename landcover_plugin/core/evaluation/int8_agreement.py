@@ -23,10 +23,10 @@ def int8_record(agreement: float, images: str, command: str) -> dict:
             "date": datetime.date.today().isoformat()}
 
 
-def measure(network, spec, items, cancel=lambda: False, log=lambda m: None) -> tuple[float, float, int]:
+def measure(network, spec, items, cancel=lambda: False, log=lambda m: None) -> tuple[float, float, int, int]:
     """(share of the pixels of `items` (objects with .image, raw (bands, H, W)) whose int8 label is fp32's,
-    the worst item's share, items measured), on this CPU with the model's tile and overlap; items beyond
-    MAX_WINDOWS windows are left out."""
+    the worst item's share, items measured, pixels measured), on this CPU with the model's tile and overlap;
+    a large item is measured on its top-left part, and items beyond MAX_WINDOWS windows are left out."""
     from ..inference.sliding import predict_array
     from ..inference.windows import blend_weights, window_grid
     from ..model.device import auto_batch, resolve_device
@@ -38,21 +38,22 @@ def measure(network, spec, items, cancel=lambda: False, log=lambda m: None) -> t
     batch = auto_batch(cpu, tile, spec.base_width)
     fp32, int8 = (Predictor(network, spec.mean, spec.std, weights, cpu, batch, precision=p, log=log)
                   for p in ("fp32", "int8"))
+    side = tile + (int(MAX_WINDOWS ** 0.5) - 1) * (tile - overlap)  # one item: at most about MAX_WINDOWS windows
     same = total = windows = used = 0
     worst = 1.0
     for item in items:
-        h, w = item.image.shape[1:]
-        ys, xs = window_grid(h, w, tile, overlap)
+        image = item.image[:, :side, :side]
+        ys, xs = window_grid(*image.shape[1:], tile, overlap)
         windows += len(ys) * len(xs)
         if used and windows > MAX_WINDOWS:
             break
         if cancel():
             raise Cancelled("Cancelled while measuring int8 against fp32.")
-        a, b = (predict_array(p, item.image, spec.num_classes, tile, overlap) for p in (fp32, int8))
+        a, b = (predict_array(p, image, spec.num_classes, tile, overlap) for p in (fp32, int8))
         agree = int((a == b).sum())
         same, total, used = same + agree, total + a.size, used + 1
         worst = min(worst, agree / a.size)
-    return same / max(total, 1), worst, used
+    return same / max(total, 1), worst, used, total
 
 
 def record_on_validation(path: str, items, command: str, log, cancel=lambda: False) -> dict | None:
@@ -70,7 +71,7 @@ def record_on_validation(path: str, items, command: str, log, cancel=lambda: Fal
     log("Measuring int8 against fp32 on the validation imagery, so that auto may run this model in int8 on CPUs "
         "without bf16 kernels (compiling it once takes 15-40 s)...")
     try:
-        agreement, worst, used = measure(network, spec, items, cancel, log)
+        agreement, worst, used, pixels = measure(network, spec, items, cancel, log)
     except Cancelled:
         log("int8 measurement cancelled: the model file is written without the figure.")
         return None
@@ -78,7 +79,6 @@ def record_on_validation(path: str, items, command: str, log, cancel=lambda: Fal
         log(f"int8 could not be measured here ({type(exc).__name__}: {str(exc).strip()[:200]}); without the figure "
             f"auto runs this model in floating point.")
         return None
-    pixels = sum(item.image.shape[1] * item.image.shape[2] for item in list(items)[:used])
     about = f"{used} validation images or blocks held out from training ({pixels / 1e6:.2f} MP)"
     record = int8_record(agreement, f"{about}: {100 * agreement:.3f}% (worst {100 * worst:.2f}%)", command)
     spec = spec.with_training(int8=record)
