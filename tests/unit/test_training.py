@@ -72,6 +72,7 @@ def test_training_learns_a_pattern_well_above_chance(tmp_path, pattern_dir):
     assert spec.training["validation"]["val_miou"] == pytest.approx(best, abs=1e-4)
     assert spec.training["validation_files"] == ["scene4", "scene5"]
     assert spec.tile_size == 64 and spec.overlap == 8 and len(spec.mean) == 3
+    assert "int8" not in spec.training  # measured only when asked (--int8-check)
     for name in ("curves.png", "confusion.png", "checkpoint.pt"):
         assert os.path.getsize(tmp_path / "m_log" / name) > 0
     assert json.loads(r.stdout.strip().splitlines()[-1])["best_val_miou"] == pytest.approx(best, abs=1e-4)
@@ -186,10 +187,6 @@ def test_int8_check_records_int8_agreement_on_the_validation_images(tmp_path, pa
     assert record["scheme"] == quantize.SCHEME and 0.5 < record["agreement"] <= 1.0
     assert record["images"].startswith("2 validation images or blocks") and "int8 labels agreed" in r.stderr
     assert list((tmp_path / "cache" / "int8").glob("*.pt2"))  # compiled once, for the segment runs after
-    plain = tmp_path / "plain.safetensors"
-    assert _train(str(pattern_dir / "images"), str(pattern_dir / "masks"), "--out", str(plain), "--epochs", "1",
-                  *COMMON).returncode == 0
-    assert "int8" not in load_model(str(plain))[1].training
 
 
 def test_masks_with_unknown_ids_are_refused(tmp_path):
