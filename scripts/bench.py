@@ -394,24 +394,18 @@ def cmd_precision(args) -> dict:
 
 def record_int8(path: str, spec, result: dict, args) -> None:
     """Store the measured int8 agreement in the model file (training.int8), where auto looks for it."""
-
     from landcover_plugin.core.errors import InputError
-    from landcover_plugin.core.evaluation.int8_agreement import int8_record
-    from landcover_plugin.core.model import quantize
-    from landcover_plugin.core.model.model_file import read_spec, rewrite
+    from landcover_plugin.core.evaluation.int8_agreement import store
 
     if result["precision"] != "int8":
         raise InputError(f"int8 did not run here ({result['precision']} did): nothing to record.")
     worst = min(r["agreement"] for r in result["images"])
     about = f"{len(result['images'])} images of {os.path.abspath(args.images)}"
     about += f" ({args.record})" if args.record else ""
-    record = int8_record(result["agreement"], f"{about}: {100 * result['agreement']:.3f}% (worst image "
-                                              f"{100 * worst:.2f}%), mean IoU {result['miou_fp32']:.4f} vs "
-                                              f"{result['miou']:.4f}",
-                         "scripts/bench.py precision IMAGES MASKS --precision int8 --record")
-    rewrite(path, spec.with_training(int8=record))
-    verdict = "auto will run it in int8" if quantize.faithful(read_spec(path)) else (
-        f"under the {100 * quantize.INT8_MIN_AGREEMENT:.1f}% auto asks, so auto keeps it in floating point")
+    about += (f": {100 * result['agreement']:.3f}% (worst image {100 * worst:.2f}%), mean IoU "
+              f"{result['miou_fp32']:.4f} vs {result['miou']:.4f}")
+    _, verdict = store(path, spec, result["agreement"], about,
+                       "scripts/bench.py precision IMAGES MASKS --precision int8 --record")
     print(f"recorded in {path}: {100 * result['agreement']:.3f}% of labels agree; {verdict}")
 
 

@@ -17,10 +17,18 @@ from ..model import quantize
 MAX_WINDOWS = 32
 
 
-def int8_record(agreement: float, images: str, command: str) -> dict:
-    """The model file's training.int8 entry, which quantize.faithful reads."""
-    return {"agreement": round(agreement, 5), "scheme": quantize.SCHEME, "images": images, "command": command,
-            "date": datetime.date.today().isoformat()}
+def store(path: str, spec, agreement: float, images: str, command: str) -> tuple[dict, str]:
+    """Write the model file's training.int8 entry, which quantize.faithful reads (the other metadata and the
+    tensors unchanged): (the entry, what auto will do with the model, for the log)."""
+    from ..model.model_file import rewrite
+
+    record = {"agreement": round(agreement, 5), "scheme": quantize.SCHEME, "images": images, "command": command,
+              "date": datetime.date.today().isoformat()}
+    spec = spec.with_training(int8=record)
+    rewrite(path, spec)
+    verdict = "auto will run it in int8 on CPUs without bf16 kernels" if quantize.faithful(spec) else \
+        f"under the {100 * quantize.INT8_MIN_AGREEMENT:.1f}% auto asks, so auto keeps it in floating point"
+    return record, verdict
 
 
 def measure(network, spec, items, cancel=lambda: False, log=lambda m: None) -> tuple[float, float, int, int]:
@@ -59,7 +67,7 @@ def measure(network, spec, items, cancel=lambda: False, log=lambda m: None) -> t
 def record_on_validation(path: str, items, command: str, log, cancel=lambda: False) -> dict | None:
     """Measure the model file at `path` on its held-out validation `items` and store the figure in the file;
     the record, or None (with a log line saying why) where int8 cannot be measured here."""
-    from ..model.model_file import load_model, rewrite
+    from ..model.model_file import load_model
 
     if not items:
         return None
@@ -80,11 +88,8 @@ def record_on_validation(path: str, items, command: str, log, cancel=lambda: Fal
             f"auto runs this model in floating point.")
         return None
     about = f"{used} validation images or blocks held out from training ({pixels / 1e6:.2f} MP)"
-    record = int8_record(agreement, f"{about}: {100 * agreement:.3f}% (worst {100 * worst:.2f}%)", command)
-    spec = spec.with_training(int8=record)
-    rewrite(path, spec)
-    verdict = "auto will run it in int8 on CPUs without bf16 kernels" if quantize.faithful(spec) else \
-        f"under the {100 * quantize.INT8_MIN_AGREEMENT:.1f}% auto asks, so auto keeps it in floating point"
+    record, verdict = store(path, spec, agreement, f"{about}: {100 * agreement:.3f}% (worst {100 * worst:.2f}%)",
+                            command)
     log(f"int8 labels agreed with fp32's on {100 * agreement:.3f}% of the pixels of {used} validation images or "
         f"blocks: {verdict}.")
     return record
