@@ -14,10 +14,20 @@ STAGE := build/plugins
 PLUGIN_FILES = $(shell find landcover_plugin -type f -not -path '*/__pycache__/*' -not -name '*.pyc')
 
 VERSION := $(shell sed -n 's/^version=//p' metadata.txt)
-PROFILE ?= $(HOME)/.local/share/QGIS/QGIS3/profiles/default
 QGIS_PYTHON ?= /usr/bin/python3
+# QGIS 3 keeps its profiles under QGIS3/, QGIS 4 under QGIS4/: deploy goes to the default profile of each QGIS
+# this machine has (the one whose Python bindings are installed, and any whose profiles folder exists), or
+# only to PROFILE when it is given.
+QGIS_DATA ?= $(HOME)/.local/share/QGIS
+QGIS_MAJOR = $(shell $(QGIS_PYTHON) -c "from qgis.core import Qgis; print(Qgis.QGIS_VERSION_INT // 10000)" 2>/dev/null)
+PROFILES = $(or $(PROFILE),$(sort $(if $(QGIS_MAJOR),$(QGIS_DATA)/QGIS$(QGIS_MAJOR)/profiles/default) \
+	$(patsubst %/,%,$(dir $(wildcard $(QGIS_DATA)/QGIS[34]/profiles/default/.)))))
+# what QGIS 3 and QGIS 4 read at start in a profile: the plugin enabled, no tips or version check
+define PROFILE_INI
+[PythonPlugins]\nlandcover_plugin=true\n[qgis]\ncheckVersion=false\nshowTips=false\n
+endef
 
-.PHONY: help system venv test test-unit check-cards lint bench demo demo-train stage package deploy undeploy screenshot screenshot-xyz clean
+.PHONY: help system venv test test-unit check-cards lint bench demo demo-train stage package deploy undeploy screenshot screenshot-xyz clean print-profiles
 
 help:
 	@echo "make demo   classify the sample image with the bundled model into demo_output/"
@@ -107,8 +117,7 @@ stage:
 SHOT_PROFILE := build/qgis-profile
 screenshot: venv stage
 	rm -rf $(SHOT_PROFILE) build/screenshot && mkdir -p $(SHOT_PROFILE)/profiles/default/QGIS build/screenshot docs
-	printf '[PythonPlugins]\nlandcover_plugin=true\n[qgis]\ncheckVersion=false\nshowTips=false\n' \
-	  > $(SHOT_PROFILE)/profiles/default/QGIS/QGIS3.ini
+	for v in 3 4; do printf '$(PROFILE_INI)' > $(SHOT_PROFILE)/profiles/default/QGIS/QGIS$$v.ini; done
 	QGIS_PLUGINPATH=$(abspath $(STAGE)) PYTHONPATH=$(abspath $(VENV_SITE)) \
 	  LANDCOVER_INPUT=$(abspath $(DEMO_INPUT)) LANDCOVER_OUT=$(abspath build/screenshot) \
 	  LANDCOVER_SHOT=$(abspath docs/qgis_screenshot.png) \
@@ -124,8 +133,7 @@ XYZ_DIR := build/xyz
 XYZ_PORT ?= 8766
 screenshot-xyz: venv stage
 	rm -rf $(SHOT_PROFILE) $(XYZ_DIR) build/screenshot && mkdir -p $(SHOT_PROFILE)/profiles/default/QGIS $(XYZ_DIR) build/screenshot docs
-	printf '[PythonPlugins]\nlandcover_plugin=true\n[qgis]\ncheckVersion=false\nshowTips=false\n' \
-	  > $(SHOT_PROFILE)/profiles/default/QGIS/QGIS3.ini
+	for v in 3 4; do printf '$(PROFILE_INI)' > $(SHOT_PROFILE)/profiles/default/QGIS/QGIS$$v.ini; done
 	gdal_translate -q -a_srs EPSG:32640 -a_ullr 300000 2780000 300384 2779616 $(DEMO_INPUT) $(XYZ_DIR)/sample.tif
 	$(PY) -c "import sys; sys.path.insert(0, 'tests/qgis'); from loopback import cut_tiles; \
 	  l, b, r, t = cut_tiles('$(XYZ_DIR)/sample.tif', '$(XYZ_DIR)/tiles', 18); print(f'{l},{r},{b},{t}')" > $(XYZ_DIR)/extent
@@ -140,29 +148,29 @@ screenshot-xyz: venv stage
 	$(PY) -c "from PIL import Image; im = Image.open('docs/qgis_xyz_screenshot.png').convert('RGB'); \
 	  im.quantize(256, dither=Image.Dither.NONE).save('docs/qgis_xyz_screenshot.png', optimize=True)"
 
-package: stage
-	mkdir -p dist
-	rm -f dist/landcover_plugin-$(VERSION).zip
-	cd $(STAGE) && /usr/bin/python3 -c "import os, sys, zipfile; z = zipfile.ZipFile(sys.argv[1], 'w', \
-	  zipfile.ZIP_DEFLATED); [z.write(os.path.join(d, f)) for d, _, fs in os.walk('landcover_plugin') \
-	  for f in sorted(fs) if '__pycache__' not in d]; z.close()" $(abspath dist)/landcover_plugin-$(VERSION).zip
-	@echo dist/landcover_plugin-$(VERSION).zip
+# the zip as plugins.qgis.org takes it, checked as it checks uploads (size, LICENSE, metadata, QGIS 4 maximum)
+package:
+	/usr/bin/python3 scripts/package_plugin.py --out dist/landcover_plugin-$(VERSION).zip
 
 # Into the QGIS profile: the plugin, and the Python packages QGIS lacks, installed by the plugin's own installer
 # (the menu's Install engine dependencies) into PROFILE/python/landcover_deps/python3.X; numpy stays QGIS's own.
 # TORCH_INDEX=default keeps pip's configured index (a local wheel, a mirror); empty: PyTorch's, by GPU driver.
 TORCH_INDEX ?=
 deploy: stage
-	mkdir -p $(PROFILE)/python/plugins
-	rm -rf $(PROFILE)/python/plugins/landcover_plugin
-	cp -r $(STAGE)/landcover_plugin $(PROFILE)/python/plugins/
-	cd $(STAGE) && $(QGIS_PYTHON) -m landcover_plugin.installer install --if-missing --profile $(PROFILE) \
-	  $(if $(TORCH_INDEX),--torch-index $(TORCH_INDEX))
-	@echo "deployed to $(PROFILE)/python/plugins/landcover_plugin; enable it in Plugins > Manage and Install Plugins"
+	@[ -n "$(strip $(PROFILES))" ] || { echo "no QGIS found (no qgis Python module, no $(QGIS_DATA)/QGIS3 or QGIS4 profiles); give PROFILE=folder" >&2; exit 1; }
+	for p in $(PROFILES); do \
+	  mkdir -p $$p/python/plugins && rm -rf $$p/python/plugins/landcover_plugin && \
+	  cp -r $(STAGE)/landcover_plugin $$p/python/plugins/ && \
+	  (cd $(STAGE) && $(QGIS_PYTHON) -m landcover_plugin.installer install --if-missing --profile $$p \
+	    $(if $(TORCH_INDEX),--torch-index $(TORCH_INDEX))) && \
+	  echo "deployed to $$p/python/plugins/landcover_plugin; enable it in Plugins > Manage and Install Plugins" || exit 1; \
+	done
 
 undeploy: stage
-	cd $(STAGE) && $(QGIS_PYTHON) -m landcover_plugin.installer remove --profile $(PROFILE)
-	rm -rf $(PROFILE)/python/plugins/landcover_plugin $(PROFILE)/python/landcover_deps
+	for p in $(PROFILES); do \
+	  (cd $(STAGE) && $(QGIS_PYTHON) -m landcover_plugin.installer remove --profile $$p) && \
+	  rm -rf $$p/python/plugins/landcover_plugin $$p/python/landcover_deps || exit 1; \
+	done
 
 # the bundled models' held-out figures against their cards (needs ../shared/data; about two minutes)
 check-cards: venv
@@ -174,3 +182,6 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) dist build .pytest_cache .ruff_cache
+
+print-profiles:
+	@echo $(PROFILES)

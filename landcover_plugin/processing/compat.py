@@ -5,7 +5,7 @@ tests/qgis/test_qt6_ready.py keeps the Qt5-only forms out.
 """
 from __future__ import annotations
 
-from qgis.core import QgsField
+from qgis.core import Qgis, QgsField, QgsWkbTypes
 from qgis.PyQt.QtCore import QMetaType, QVariant
 
 try:  # Qt6 moved QAction to QtGui
@@ -18,6 +18,14 @@ except ImportError:
 _TYPES = {"int": ("Int", "Int"), "double": ("Double", "Double"), "string": ("QString", "String")}
 
 
+# QGIS 3.30 moved the geometry enums to Qgis (WkbType, GeometryType) and deprecated QgsWkbTypes' own, which
+# a later QGIS may drop; 3.22 to 3.28 have only QgsWkbTypes'.
+if hasattr(Qgis, "WkbType"):
+    POLYGON_WKB, POLYGON_GEOMETRY = Qgis.WkbType.Polygon, Qgis.GeometryType.Polygon
+else:
+    POLYGON_WKB, POLYGON_GEOMETRY = QgsWkbTypes.Type.Polygon, QgsWkbTypes.GeometryType.PolygonGeometry
+
+
 def new_field(name: str, kind: str) -> QgsField:
     """A QgsField of kind "int", "double" or "string", in the type the running QGIS expects."""
     meta_type, variant_type = _TYPES[kind]
@@ -27,4 +35,4 @@ def new_field(name: str, kind: str) -> QgsField:
         return QgsField(name, getattr(QVariant, variant_type))
 
 
-__all__ = ["QAction", "new_field"]
+__all__ = ["POLYGON_GEOMETRY", "POLYGON_WKB", "QAction", "new_field"]

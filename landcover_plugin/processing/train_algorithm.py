@@ -21,10 +21,10 @@ from qgis.core import (
     QgsRasterLayer,
     QgsVectorFileWriter,
     QgsVectorLayer,
-    QgsWkbTypes,
 )
 
 from .algorithm import DEVICES, LandcoverAlgorithm, engine_warnings, model_parameter
+from .compat import POLYGON_GEOMETRY
 from .dependencies import require_engine
 
 
@@ -197,7 +197,7 @@ class TrainAlgorithm(LandcoverAlgorithm):
                 styled = {str(int(c.value)): (c.label, c.color.name()) for c in layer.renderer().classes()
                           if c.label}
             return Labels(raster=layer.source(), styled=styled)
-        if not isinstance(layer, QgsVectorLayer) or layer.geometryType() != QgsWkbTypes.GeometryType.PolygonGeometry:
+        if not isinstance(layer, QgsVectorLayer) or layer.geometryType() != POLYGON_GEOMETRY:
             raise QgsProcessingException(self.tr("The labels must be polygons or a raster of class ids."))
         field = self.parameterAsString(parameters, self.CLASS_FIELD, context)
         if not field:

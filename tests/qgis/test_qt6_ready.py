@@ -1,7 +1,10 @@
-"""QGIS 4 (Qt6) loads the plugin only if its code runs on PyQt6: no Qt5-only idiom may come back.
+"""QGIS 4 (Qt6) loads the plugin only if its code runs on PyQt6 and its metadata admits 4.x: no Qt5-only
+idiom and no QGIS-3-only form may come back.
 
-Two checks over every source QGIS loads (the plugin and the scripts run inside QGIS):
+Three checks over every source QGIS loads (the plugin and the scripts run inside QGIS):
 - the idioms QGIS's Qt6 migration guide lists, by pattern (PyQt5 imports, exec_, QVariant types...);
+- the QGIS 3 forms that QGIS 3.30 deprecated for their Qgis-namespace successors, and QGIS 3's own profile
+  folder named without QGIS 4's;
 - unscoped enum values, found by asking the running PyQGIS what each `Class.Name` is: PyQt6 knows
   `QgsProcessing.SourceType.TypeRaster` but not `QgsProcessing.TypeRaster`.
 """
@@ -28,9 +31,20 @@ QT5_ONLY = [
      "an unscoped parameter flag: QgsProcessingParameterDefinition.Flag.FlagAdvanced"),
 ]
 
+QGIS3_ONLY = [
+    (re.compile(r"\bQgsWkbTypes\.(Type|GeometryType)\.\w+"),
+     "deprecated since QGIS 3.30: Qgis.WkbType / Qgis.GeometryType (compat.POLYGON_WKB, POLYGON_GEOMETRY)"),
+    (re.compile(r"\b(Qt\.MidButton|Qt\.TextColorRole|Qt\.BackgroundColorRole|QPainter\.HighQualityAntialiasing)\b"),
+     "removed in Qt6: MouseButton.MiddleButton, ItemDataRole.ForegroundRole/BackgroundRole, RenderHint.Antialiasing"),
+    (re.compile(r"\bsupportsQt6\b"), "deprecated and ignored: qgisMaximumVersion=4.x says it"),
+]
+QGIS3_FOLDER = re.compile(r"QGIS3[/\\]profiles|QGIS3\.ini")
 
-# compat.py is where the one Qt5 form lives, behind its Qt6 form
-ALLOWED = {os.path.join("landcover_plugin", "processing", "compat.py"): ("QtWidgets import QAction",)}
+
+# compat.py is where the few Qt5 and QGIS 3 forms live, behind their Qt6 and QGIS 4 forms
+COMPAT = os.path.join("landcover_plugin", "processing", "compat.py")
+ALLOWED = {COMPAT: ("QtWidgets import QAction", "QgsWkbTypes.Type.Polygon",
+                    "QgsWkbTypes.GeometryType.PolygonGeometry")}
 
 
 def _read(path: str) -> str:
@@ -103,18 +117,42 @@ def test_the_scan_finds_what_it_looks_for():
              "from qgis.PyQt.QtWidgets import QAction, QMenu", "param.FlagAdvanced"]
     assert all(any(p.search(line) for p, _ in QT5_ONLY) for line in lines)
     assert not any(p.search("QgsProcessingParameterDefinition.Flag.FlagAdvanced") for p, _ in QT5_ONLY)
+    qgis3 = ["sink(fields, QgsWkbTypes.Type.Polygon)", "g == QgsWkbTypes.GeometryType.PolygonGeometry",
+             "e.button() == Qt.MidButton", "supportsQt6=True"]
+    assert all(any(p.search(line) for p, _ in QGIS3_ONLY) for line in qgis3)
+    assert not any(p.search("Qgis.WkbType.Polygon, Qgis.GeometryType.Polygon") for p, _ in QGIS3_ONLY)
+    assert problems_in('p = "~/.local/share/QGIS/QGIS3/profiles/default"', "x.py")
+    assert not problems_in('p = [f"QGIS{v}/profiles" for v in (3, 4)]  # QGIS3/profiles and QGIS4/profiles', "x.py")
+
+
+def problems_in(source: str, rel: str) -> list[str]:
+    """Qt5-only idioms and QGIS-3-only forms in a source (its path `rel` from the repository)."""
+    allowed = ALLOWED.get(rel, ())
+    problems = [f"line {source[:m.start()].count(chr(10)) + 1}: {m.group(0)} ({why})"
+                for pattern, why in QT5_ONLY + QGIS3_ONLY for m in pattern.finditer(source)
+                if m.group(0) not in allowed]
+    for number, line in enumerate(source.splitlines(), 1):
+        if QGIS3_FOLDER.search(line) and "QGIS4" not in line:
+            problems.append(f"line {number}: names QGIS 3's profile folder only; QGIS 4 reads QGIS4/profiles")
+    return problems
 
 
 @pytest.mark.parametrize("path", loaded_by_qgis(), ids=lambda p: os.path.relpath(p, ROOT))
-def test_no_qt5_only_idiom(path):
+def test_no_qt5_only_idiom_nor_qgis3_only_form(path):
     source = _read(path)
-    allowed = ALLOWED.get(os.path.relpath(path, ROOT), ())
-    problems = [f"line {source[:m.start()].count(chr(10)) + 1}: {m.group(0)} ({why})"
-                for pattern, why in QT5_ONLY for m in pattern.finditer(source) if m.group(0) not in allowed]
+    problems = problems_in(source, os.path.relpath(path, ROOT))
     problems += [f"{hit} is unscoped: name its enum" for hit in unscoped_enums(source)]
     assert not problems, "\n".join(problems)
 
 
-def test_metadata_says_qt6():
-    metadata = _read(os.path.join(ROOT, "metadata.txt"))
-    assert re.search(r"^supportsQt6=(True|yes)$", metadata, re.M)
+@pytest.mark.parametrize("name", ["Makefile", "README.md"])
+def test_set_up_and_docs_name_qgis4_beside_qgis3(name):
+    lines = [f"line {n}" for n, line in enumerate(_read(os.path.join(ROOT, name)).splitlines(), 1)
+             if QGIS3_FOLDER.search(line) and "QGIS4" not in line]
+    assert not lines, f"{name} names QGIS 3's profile folder without QGIS 4's on {lines}"
+
+
+def test_metadata_admits_qgis_4():
+    from conftest import load_script
+
+    assert load_script("package_plugin").metadata_problems(_read(os.path.join(ROOT, "metadata.txt"))) == []
