@@ -10,7 +10,9 @@ MIN_AREA and SIMPLIFY empty, in square metres and metres on the ground. --calibr
 MASKS stores windows of those training images (centred on labelled pixels) for int8
 inference, replacing any the file holds. Every change records the file's checksum anew;
 --checksum alone records one in a file saved before model files carried one (check first that
-it is the file you trust: a damaged file gets a checksum of its damage).
+it is the file you trust: a damaged file gets a checksum of its damage). --weights int8 stores
+the weights compactly (how the bundled models ship: the plugin repository takes packages of at
+most 25 MB).
 """
 from __future__ import annotations
 
@@ -34,6 +36,9 @@ def parse_args(argv=None):
                    help="folder of the model's training images (and their masks): windows for int8 calibration")
     p.add_argument("--checksum", action="store_true",
                    help="record the checksum of a file saved before model files carried one")
+    p.add_argument("--weights", choices=("float32", "float16", "int8"),
+                   help="store the weights anew in this form (int8: the large convolutions in 8 bits with a scale "
+                        "per channel, the rest in float16; loaded as float32 either way)")
     return p.parse_args(argv)
 
 
@@ -79,10 +84,15 @@ def main(argv=None) -> int:
         if not sep:
             raise InputError(f"--training takes KEY=VALUE, not {item!r}.")
         spec = spec.with_training(**{key: _value(text)})
-    if not changes and not args.training and not args.calibration and not args.checksum:
+    if not changes and not args.training and not args.calibration and not args.checksum and not args.weights:
         print(json.dumps(spec.to_dict(), indent=1))
         return 0
     spec = replace(spec, **changes)
+    if args.weights:  # the weights as loaded (float32), stored again; metadata and calibration kept
+        from landcover_plugin.core.model.model_file import load_model, save_model
+
+        network = load_model(path)[0]
+        save_model(path, network, spec, storage=args.weights)
     rewrite(path, spec, {CALIBRATION_KEY: _calibration(args.calibration, spec)} if args.calibration else None)
     print(f"updated {path}")
     return 0

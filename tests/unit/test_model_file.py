@@ -242,3 +242,53 @@ def test_bundled_default_model_is_valid_and_small():
     valid = mask != 255
     majority = np.bincount(mask[valid]).max() / valid.sum()  # 0.38
     assert (labels[valid] == mask[valid]).mean() > majority + 0.15  # 0.61 when written
+
+
+def test_int8_storage_keeps_the_large_convolutions_in_8_bits_and_loads_them_as_float32(tmp_path):
+    """How the bundled models ship: the deep, wide convolutions as int8 on the grid int8 inference uses (a
+    scale per output channel, each weight within half a step of its value, each channel's peak exact), the
+    small ones and the transposed convolutions in float16, at about 0.65 of float16's size."""
+    from safetensors.torch import load_file
+
+    from landcover_plugin.core.model.model_file import INT8_MIN_WEIGHTS, INT8_PEAK_SUFFIX, INT8_SCALE_SUFFIX
+
+    net, spec = make_model(base_width=32, depth=4, calibrate=False)  # the bundled models' shape
+    half, compact = str(tmp_path / "h.safetensors"), str(tmp_path / "c.safetensors")
+    save_model(half, net, spec, half=True)
+    save_model(compact, net, spec, storage="int8")
+    assert os.path.getsize(compact) < 0.7 * os.path.getsize(half)
+    stored = load_file(compact)
+    transposed = {f"{n}.weight" for n, m in net.named_modules() if isinstance(m, torch.nn.ConvTranspose2d)}
+    big = [k for k, v in net.state_dict().items() if v.ndim == 4 and v.numel() >= INT8_MIN_WEIGHTS
+           and k not in transposed]
+    assert big and all(stored[k].dtype == torch.int8 and k + INT8_SCALE_SUFFIX in stored for k in big)
+    assert stored["stem.0.weight"].dtype == torch.float16 and stored["ups.0.up.weight"].dtype == torch.float16
+    loaded, _ = load_model(compact)
+    original, back = net.state_dict(), loaded.state_dict()
+    for k in big:
+        step = stored[k + INT8_SCALE_SUFFIX].view(-1, 1, 1, 1)
+        assert back[k].dtype == torch.float32 and ((back[k] - original[k]).abs() <= step / 2 + 1e-7).all(), k
+        peaks = original[k].reshape(len(step), -1).abs().amax(1)
+        assert torch.equal(back[k].reshape(len(step), -1).abs().amax(1), peaks)
+        assert torch.allclose(stored[k + INT8_PEAK_SUFFIX].abs(), peaks) and torch.allclose(step.flatten(),
+                                                                                             peaks / 127.5)
+    assert torch.equal(back["stem.0.weight"], original["stem.0.weight"].half().float())
+    with pytest.raises(ModelFileError, match="Unknown weight storage"):
+        save_model(str(tmp_path / "x.safetensors"), net, spec, storage="int4")
+
+
+def test_an_8_bit_weight_whose_scales_do_not_fit_is_refused_as_damage(tmp_path):
+    from safetensors.torch import load_file
+
+    from landcover_plugin.core.model.model_file import INT8_SCALE_SUFFIX
+
+    net, spec = make_model(base_width=32, depth=4, calibrate=False)
+    path = str(tmp_path / "c.safetensors")
+    save_model(path, net, spec, storage="int8")
+    state = load_file(path)
+    key = next(k for k in state if k.endswith(INT8_SCALE_SUFFIX))
+    meta = {METADATA_KEY: json.dumps(spec.to_dict())}
+    for broken in ({**state, key: state[key][:-1].clone()}, {**state, key + "x": state[key].clone()},
+                   {**state, key[:-len(INT8_SCALE_SUFFIX)]: state[key[:-len(INT8_SCALE_SUFFIX)]].float()}):
+        with pytest.raises(ModelFileError):
+            load_model(_safetensors_with(tmp_path / "bad.safetensors", broken, meta))
