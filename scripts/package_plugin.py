@@ -130,8 +130,8 @@ def main(argv=None) -> int:
     problems = zip_problems(path)
     for problem in problems:
         print(f"{path}: {problem}", file=sys.stderr)
-    if not problems:
-        print(f"{path} ({os.path.getsize(path):,} bytes): ready for plugins.qgis.org and QGIS 3.22 to 4.x")
+    if not problems:  # the path alone on the last line, for scripts that take it from there
+        print(f"{os.path.getsize(path):,} bytes, ready for plugins.qgis.org and QGIS 3.22 to 4.x:\n{path}")
     return 1 if problems else 0
 
 
