@@ -250,7 +250,7 @@ def test_int8_storage_keeps_the_large_convolutions_in_8_bits_and_loads_them_as_f
     small ones and the transposed convolutions in float16, at about 0.65 of float16's size."""
     from safetensors.torch import load_file
 
-    from landcover_plugin.core.model.model_file import INT8_MIN_WEIGHTS, INT8_PEAK_SUFFIX, INT8_SCALE_SUFFIX
+    from landcover_plugin.core.model.weights import INT8_MIN_WEIGHTS, INT8_PEAK_SUFFIX, INT8_SCALE_SUFFIX
 
     net, spec = make_model(base_width=32, depth=4, calibrate=False)  # the bundled models' shape
     half, compact = str(tmp_path / "h.safetensors"), str(tmp_path / "c.safetensors")
@@ -280,7 +280,7 @@ def test_int8_storage_keeps_the_large_convolutions_in_8_bits_and_loads_them_as_f
 def test_an_8_bit_weight_whose_scales_do_not_fit_is_refused_as_damage(tmp_path):
     from safetensors.torch import load_file
 
-    from landcover_plugin.core.model.model_file import INT8_SCALE_SUFFIX
+    from landcover_plugin.core.model.weights import INT8_SCALE_SUFFIX
 
     net, spec = make_model(base_width=32, depth=4, calibrate=False)
     path = str(tmp_path / "c.safetensors")

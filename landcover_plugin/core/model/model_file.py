@@ -16,6 +16,7 @@ import struct
 
 from ..errors import ModelFileError
 from .spec import ModelSpec, parse_spec
+from .weights import restore_int8, stored_weights
 
 METADATA_KEY = "landcover"
 # A few windows of the training imagery (uint8 or the imagery's own dtype, (n, bands, h, w), raw
@@ -34,26 +35,6 @@ def build_network(spec: ModelSpec):
     return UNet(spec.in_channels, spec.num_classes, spec.base_width, spec.depth)
 
 
-FLOAT16_MAX = 65504.0
-# A weight stored in 8 bits is three tensors: the int8 values (name), a float32 scale per output channel
-# (name + INT8_SCALE_SUFFIX) and, per channel, where its largest magnitude is and that value exactly
-# (INT8_PEAK_INDEX_SUFFIX, INT8_PEAK_SUFFIX). weight = values * scale, the peak put back. The grid is int8
-# inference's (symmetric, per output channel, scale = peak / 127.5). Measured on the bundled land-cover
-# model (122 OpenAerialMap chips, CPU held to AVX2): int8 inference's labels agreed with fp32's on 99.501%
-# of pixels with these weights (99.502% with float16 weights), on 99.385% with a plain scale of peak / 127
-# and no peak kept, under the 99.5% from which auto runs a model in int8.
-INT8_SCALE_SUFFIX = ":int8_scale"
-INT8_PEAK_SUFFIX = ":int8_peak"
-INT8_PEAK_INDEX_SUFFIX = ":int8_peak_index"
-STORAGES = ("float32", "float16", "int8")
-# In "int8" storage, convolutions with fewer weights than this stay float16: in the land-cover U-Net those
-# are the layers at full, half and quarter resolution and the head (10% of its weights), whose rounding
-# moved the most labels. All in 8 bits, 98.58% of the labels of 40 OpenAerialMap chips stayed as they were
-# with float16 weights (worst chip 94.2%); with these kept, 99.91% (worst 99.80%), for 0.7 MB more.
-# Transposed convolutions stay float16 too: int8 inference quantizes them along other axes.
-INT8_MIN_WEIGHTS = 200_000
-
-
 def save_model(path: str, network, spec: ModelSpec, half: bool = False, calibration=None,
                storage: str | None = None) -> None:
     """Write weights and metadata; the file appears whole or not at all.
@@ -68,19 +49,8 @@ def save_model(path: str, network, spec: ModelSpec, half: bool = False, calibrat
     """
     import torch
 
-    storage = storage or ("float16" if half else "float32")
-    if storage not in STORAGES:
-        raise ModelFileError(f"Unknown weight storage \"{storage}\"; choose one of {', '.join(STORAGES)}.")
     parse_spec(spec.to_dict())  # never write a file we would refuse to load
-    state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
-    if storage == "int8":  # from the float32 values, not their float16 rounding
-        import torch
-
-        transposed = {f"{n}.weight" for n, m in network.named_modules() if isinstance(m, torch.nn.ConvTranspose2d)}
-        state = _int8_weights(state, transposed)
-    if storage != "float32":
-        state = {k: v.half() if _fits_float16(k, v) else v.float() if v.is_floating_point() else v
-                 for k, v in state.items()}
+    state = stored_weights(network, storage or ("float16" if half else "float32"))
     if calibration is None:
         calibration = getattr(network, "calibration_windows", None)
     if calibration is not None:
@@ -89,49 +59,6 @@ def save_model(path: str, network, spec: ModelSpec, half: bool = False, calibrat
                                  f"{tuple(calibration.shape)}.")
         state[CALIBRATION_KEY] = torch.from_numpy(calibration.copy()).contiguous()
     write_tensors(path, state, spec.to_dict())
-
-
-def _int8_weights(state: dict, transposed: set) -> dict:
-    """Convolution weights (4-d, at least INT8_MIN_WEIGHTS of them, not `transposed`) in 8 bits: int8 values on
-    the symmetric grid of their output channel (its first axis), the scales, and each channel's peak."""
-    import torch
-
-    out = {}
-    for name, tensor in state.items():
-        if tensor.ndim != 4 or not tensor.is_floating_point() or tensor.numel() < INT8_MIN_WEIGHTS or \
-                name in transposed:
-            out[name] = tensor
-            continue
-        w = tensor.float().reshape(len(tensor), -1)
-        peak, where = w.abs().max(1)
-        scale = peak.clamp_min(1e-30) / 127.5
-        out[name] = torch.round(w / scale[:, None]).clamp(-128, 127).to(torch.int8).reshape(tensor.shape)
-        out[name + INT8_SCALE_SUFFIX] = scale.contiguous()
-        out[name + INT8_PEAK_SUFFIX] = w.gather(1, where[:, None])[:, 0].contiguous()
-        out[name + INT8_PEAK_INDEX_SUFFIX] = where.to(torch.int32).contiguous()
-    return out
-
-
-def _restore_int8(state: dict, path: str) -> dict:
-    """Weights stored in 8 bits back to float32; parts that do not fit together are damage."""
-    import torch
-
-    for key in [k for k in state if k.endswith(INT8_SCALE_SUFFIX)]:
-        name = key[:-len(INT8_SCALE_SUFFIX)]
-        scale, peak = state.pop(key), state.pop(name + INT8_PEAK_SUFFIX, None)
-        where, weight = state.pop(name + INT8_PEAK_INDEX_SUFFIX, None), state.get(name)
-        channels = len(weight) if weight is not None else -1
-        fits = weight is not None and weight.dtype == torch.int8 and weight.ndim >= 2 and peak is not None and \
-            where is not None and scale.dtype == peak.dtype == torch.float32 and where.dtype == torch.int32 and \
-            tuple(scale.shape) == tuple(peak.shape) == tuple(where.shape) == (channels,) and \
-            bool(scale.isfinite().all()) and bool(((where >= 0) & (where < weight[0].numel())).all())
-        if not fits:
-            raise ModelFileError(f"The weights in {_name(path)} are damaged: the 8-bit weight {name} and its "
-                                 f"scales do not fit together.")
-        w = weight.reshape(channels, -1).float() * scale[:, None]
-        w.scatter_(1, where.long()[:, None], peak[:, None])
-        state[name] = w.reshape(weight.shape)
-    return state
 
 
 def write_tensors(path: str, tensors: dict, doc: dict) -> None:
@@ -204,13 +131,6 @@ def _check_digest(path: str, header: dict, start: int) -> bool:
     return True
 
 
-def _fits_float16(name: str, tensor) -> bool:
-    if not tensor.is_floating_point() or name.endswith(("running_mean", "running_var", INT8_SCALE_SUFFIX,
-                                                        INT8_PEAK_SUFFIX)):
-        return False
-    return bool(tensor.float().abs().max() <= FLOAT16_MAX) if tensor.numel() else True
-
-
 def read_spec(path: str) -> ModelSpec:
     """Read and validate the metadata, after checking the file against its checksum (no tensors are loaded)."""
     return _read_checked(path)[0]
@@ -249,7 +169,7 @@ def load_model(path: str):
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise ModelFileError(f"The weights in {_name(path)} cannot be read ({exc}).") from None
     calibration = state.pop(CALIBRATION_KEY, None)
-    state = _restore_int8(state, path)
+    state = restore_int8(state, _name(path))
     network = build_network(spec)
     expected = network.state_dict()
     missing = sorted(set(expected) - set(state))
