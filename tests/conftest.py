@@ -108,6 +108,23 @@ def small_model(tmp_path_factory):
     return str(path)
 
 
+@pytest.fixture(scope="session")
+def tiny_int8(tmp_path_factory):
+    """A small model file that auto runs in int8 on a CPU without bf16 kernels: calibration windows of the
+    fixture and an int8 record of the scheme in use. Its int8 package compiles in seconds, where the bundled
+    model's takes half a minute or more: the int8 plumbing tests use it."""
+    from landcover_plugin.core.model import quantize
+    from landcover_plugin.core.model.model_file import save_model
+
+    net, spec = make_model(tile=64, overlap=16)
+    pixels = fixture_pixels()
+    windows = np.stack([pixels[:, r:r + 64, c:c + 64] for r, c in ((0, 0), (300, 300), (600, 100), (100, 600))])
+    record = {"agreement": 0.999, "scheme": quantize.SCHEME, "images": "the tests' own", "date": "-"}
+    path = tmp_path_factory.mktemp("tiny_int8") / "tiny_int8.safetensors"
+    save_model(str(path), net, spec.with_training(int8=record), calibration=windows)
+    return str(path)
+
+
 _PROVIDERS = []  # QGIS does not own a Python provider: the tests keep theirs alive
 
 

@@ -49,6 +49,8 @@ class SegmentResult:
     min_area: float = 0.0  # as applied: square ground units
     simplify: float = 0.0  # as applied: map units
     precision: str = "fp32"  # as run: fp32, bf16, fp16 or int8
+    precision_reason: str = ""  # why that precision ran: asked for, or auto's reason
+    blocks_run_again: dict = field(default_factory=dict)  # on a cluster: blocks that ran again, by why
 
     @property
     def megapixels(self) -> float:
@@ -172,9 +174,9 @@ class _Job:
                                the_plan.overlap, the_plan.scale, region.width, region.height,
                                time.perf_counter() - self.start, self.infer_s, areas, self.warnings,
                                the_plan.geometry.units, self.stage_seconds(the_plan, ran.write_behind), min_area,
-                               simplify, ran.precision)
+                               simplify, ran.decision.precision, ran.decision.why, ran.run_again)
         self.log(f"Classified {result.megapixels:.2f} MP in {self.infer_s:.1f} s on {ran.device} in "
-                 f"{ran.precision}: {result.mp_per_s:.2f} MP/s (batch {ran.batch}, tile {the_plan.tile}, "
+                 f"{ran.decision.precision}: {result.mp_per_s:.2f} MP/s (batch {ran.batch}, tile {the_plan.tile}, "
                  f"overlap {the_plan.overlap}); whole job {result.seconds:.1f} s.")
         return result
 

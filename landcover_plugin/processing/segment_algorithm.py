@@ -22,11 +22,11 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
     QgsProcessingUtils,
     QgsVectorLayer,
-    QgsWkbTypes,
 )
 
 from ..core.model.device import PRECISIONS  # no torch at import
 from .algorithm import DEVICES, LandcoverAlgorithm, engine_warnings, model_parameter
+from .compat import POLYGON_WKB
 from .dependencies import require_engine
 from .layer_source import band_count, check_disk, fetch, grid_over, has_native_grid, is_local_file, remove, safe_source
 from .polygon_output import PolygonOutput, polygon_fields
@@ -145,13 +145,14 @@ class SegmentAlgorithm(LandcoverAlgorithm):
                     "qgis_process by name (DEVICE=cuda) or by number."))
         add(QgsProcessingParameterEnum(self.PRECISION, self.tr("Precision"), list(PRECISIONS), False, "auto", False,
                                        True),
-            self.tr("auto: fp16 on a GPU; on a CPU without bf16 kernels int8 where it pays (rasters of 2 megapixels or "
-                    "more once it has been compiled for this model and CPU, 32 megapixels before: compiling takes "
-                    "15-40 s, once, and is kept in the user's cache), else bf16 where the CPU has bf16 kernels, else "
-                    "fp32. fp32 is the reference; fp16, bf16 and int8 agreed with it on over 99.5% of the pixels "
-                    "of imagery the bundled land-cover model never saw (auto uses int8 only for a model whose file "
-                    "records such a figure); on a CPU bf16 and int8 run 1.4-2x faster than fp32. fp16 runs on GPUs "
-                    "only, int8 on CPUs only and needs the torchao package. From qgis_process: PRECISION=int8."),
+            self.tr("auto: fp16 on a GPU; on a CPU without bf16 kernels int8 for rasters of 2 megapixels or more (the "
+                    "first such run compiles it for this model and CPU in 15-40 s, kept in the user's cache), else "
+                    "bf16 where the CPU has bf16 kernels, else fp32. The log, the report and the class raster's "
+                    "metadata say which precision ran and why. fp32 is the reference; fp16, bf16 and int8 agreed "
+                    "with it on over 99.5% of the pixels of imagery the bundled land-cover model never saw (auto "
+                    "uses int8 only for a model whose file records such a figure); on a CPU bf16 and int8 run "
+                    "1.4-2x faster than fp32. fp16 runs on GPUs only, int8 on CPUs only and needs the torchao "
+                    "package. From qgis_process: PRECISION=int8."),
             advanced=True)
         add(QgsProcessingParameterBoolean(self.TTA, self.tr("Test-time augmentation (8x slower)"), defaultValue=False),
             self.tr("Average the predictions of the 8 flips and quarter turns of every window."), advanced=True)
@@ -278,7 +279,7 @@ class SegmentAlgorithm(LandcoverAlgorithm):
         steps = QgsProcessingMultiStepFeedback(2 if grid else 1, feedback)
         fields = polygon_fields()
         sink, vector_id = self.parameterAsSink(parameters, self.OUTPUT_VECTOR, context, fields,
-                                               QgsWkbTypes.Type.Polygon, layer.crs())
+                                               POLYGON_WKB, layer.crs())
         polygons = None if sink is None else PolygonOutput(sink, vector_id, fields, feedback.isCanceled, Cancelled)
         del sink  # the PolygonOutput holds it: closing it there closes the file
 
@@ -336,7 +337,8 @@ class SegmentAlgorithm(LandcoverAlgorithm):
 
         style_class_raster(raster_out, spec.classes)
         details = {"model": spec.name, "model file": model_path or "bundled default", "input": safe_source(layer),
-                   "device": result.device, "batch size": result.batch_size, "tile size": result.tile_size,
+                   "device": result.device, "precision": f"{result.precision} ({result.precision_reason})",
+                   "batch size": result.batch_size, "tile size": result.tile_size,
                    "overlap": result.overlap, "test-time augmentation": opts.tta, "minimum area": result.min_area,
                    "simplification": result.simplify, "seconds": round(duration, 1),
                    "megapixels per second": round(result.mp_per_s, 3)}

@@ -1,5 +1,4 @@
 """Precision choice (auto, fp32, bf16, int8, fp16) and int8 inference calibrated on the model file's windows."""
-import functools
 import json
 import os
 import subprocess
@@ -9,10 +8,11 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from conftest import load_script
+from conftest import load_script, write_raster
 
 from landcover_plugin.core.errors import InputError
 from landcover_plugin.core.model import device as device_mod
+from landcover_plugin.core.model import precision as precision_mod
 from landcover_plugin.core.model import quantize
 from landcover_plugin.core.model.model_file import CALIBRATION_KEY, load_model, save_model
 from landcover_plugin.core.segment import SegmentOptions, segment
@@ -65,28 +65,51 @@ def test_auto_uses_int8_only_for_models_that_record_faithful_int8_labels():
     assert quantize.faithful(buildings.with_training(int8=record))
 
 
-def test_int8_pays_from_a_few_megapixels_once_compiled_and_from_many_before_and_not_beside_bf16(cache, cpu):
-    if not quantize.int8_available():
-        pytest.skip("torchao or a C++ compiler is missing")
+def test_auto_decides_int8_from_a_few_megapixels_whether_or_not_a_package_is_cached_and_not_beside_bf16(cache):
+    """The same raster and model give the same precision on every run: a package compiled by an earlier run
+    never turns int8 on (it once did, so a second run drew another map than the first)."""
     net, spec = load_model(MODEL)
     shape = (2, 3, 512, 512)
-    worth = functools.partial(quantize.worth_int8, net, spec, shape)
-    assert worth(quantize.INT8_MIN_PIXELS_COLD) and not worth(quantize.INT8_MIN_PIXELS_COLD - 1)
-    cpu["bf16"] = True  # bf16 kernels run as fast, with nothing to compile
-    assert not worth(10 * quantize.INT8_MIN_PIXELS_COLD)
-    cpu["bf16"] = False
+    at = quantize.INT8_MIN_PIXELS
+
+    def chosen(pixels, bf16=False, int8=True):
+        return precision_mod.decide("auto", precision_mod.Hardware("cpu", bf16, int8), net, spec, pixels)
+
+    assert chosen(at).precision == "int8" and "99.5" in chosen(at).why and "2 MP" in chosen(at).why
+    assert chosen(at - 1).precision == "fp32" and "under the 2 MP" in chosen(at - 1).why
+    assert chosen(10 * at, bf16=True).precision == "bf16"  # bf16 kernels run as fast, with nothing to compile
+    assert chosen(10 * at, int8=False).precision == "fp32" and "torchao" in chosen(10 * at, int8=False).why
     path = quantize.package_path(net, spec.mean, spec.std, shape)
     assert path.startswith(str(cache)) and path != quantize.package_path(net, spec.mean, spec.std, (4, 3, 512, 512))
+    cold = [chosen(p) for p in (at - 1, at, 40 * at)]
     os.makedirs(os.path.dirname(path), exist_ok=True)
     open(path, "wb").close()  # as if compiled by an earlier run
     try:
-        assert worth(quantize.INT8_MIN_PIXELS_CACHED) and not worth(quantize.INT8_MIN_PIXELS_CACHED - 1)
+        assert [chosen(p) for p in (at - 1, at, 40 * at)] == cold
     finally:
         os.remove(path)
+    assert precision_mod.decide("bf16", precision_mod.Hardware("cpu", False, True), net, spec, at).why == "asked for"
+    unmeasured = spec.with_training(int8=None)
+    assert precision_mod.decide("auto", precision_mod.Hardware("cpu", False, True), net, unmeasured, at).precision \
+        == "fp32"
     # other weights, other package
     with torch.no_grad():
         next(net.parameters()).add_(1)
     assert quantize.package_path(net, spec.mean, spec.std, shape) != path
+
+
+def test_a_cluster_decides_for_what_all_its_workers_have():
+    Hardware = precision_mod.Hardware
+    net, spec = load_model(MODEL)
+    cpus = Hardware.common([Hardware("cpu", False, True), Hardware("cpu", True, True)])
+    assert cpus == Hardware("cpu", False, True)  # one worker without bf16 kernels: none is assumed
+    mixed = Hardware.common([Hardware("cuda", True, False), Hardware("cpu", True, True)])
+    assert mixed.kind == "mixed" and precision_mod.decide("auto", mixed, net, spec, 10 ** 8).precision == "fp32"
+    gpus = Hardware.common([Hardware("cuda", True, False), Hardware("cuda", False, False)])
+    assert precision_mod.decide("auto", gpus, net, spec, 10 ** 8).precision == "fp16"
+    assert precision_mod.decide("bf16", gpus, net, spec, 10 ** 8).precision == "fp16"  # one GPU lacks bf16
+    with pytest.raises(InputError, match="int8 runs on CPUs only"):
+        precision_mod.decide("int8", gpus, net, spec, 10 ** 8)
 
 
 def test_auto_on_a_gpu_is_fp16_and_each_precision_runs_where_it_can(monkeypatch):
@@ -165,10 +188,12 @@ def test_model_files_carry_calibration_windows(tmp_path):
         assert CALIBRATION_KEY in f.keys()
 
 
-def test_int8_labels_agree_with_fp32_the_log_says_int8_and_the_package_is_reused(tmp_path, cache):
+def test_int8_labels_agree_with_fp32_the_log_says_int8_and_the_package_is_reused(tmp_path, cache, tiny_int8):
+    """The plumbing, on a small model whose package compiles in seconds; the bundled model's agreement is
+    measured by scripts/bench.py precision and recorded in its file (auto reads it there)."""
     if not quantize.int8_available():
         pytest.skip("torchao or a C++ compiler is missing")
-    model = load_model(MODEL)
+    model = load_model(tiny_int8)
     labels, logs = {}, []
     for precision in ("fp32", "int8"):
         res = segment(CROP, str(tmp_path / f"{precision}.tif"), model, log=logs.append,
@@ -177,22 +202,22 @@ def test_int8_labels_agree_with_fp32_the_log_says_int8_and_the_package_is_reused
         with rasterio.open(res.class_path) as ds:
             labels[precision] = ds.read(1)
     agreement = (labels["fp32"] == labels["int8"]).mean()
-    assert agreement > 0.99, agreement  # 99.7% when measured
+    assert agreement > 0.97, agreement  # a random-weight network has near-ties everywhere: 98.9% when measured
     assert any("precision int8" in m for m in logs) and any(quantize.cache_dir() in m for m in logs)
-    packages = list(cache.glob("int8/*.pt2"))
+    packages = [p for p in cache.glob("int8/*.pt2") if p.name == os.path.basename(
+        quantize.package_path(model[0], model[1].mean, model[1].std, (2, 3, 64, 64)))]
     assert len(packages) == 1
     # another process (a later run) loads the package instead of compiling: fast, and the same labels
     code = (f"import sys, time; sys.path.insert(0, {ROOT!r}); import rasterio; "
             "from landcover_plugin.core.model.model_file import load_model; "
             "from landcover_plugin.core.segment import SegmentOptions, segment; "
-            f"m = load_model({MODEL!r}); t = time.perf_counter(); "
+            f"m = load_model({tiny_int8!r}); t = time.perf_counter(); "
             f"r = segment({CROP!r}, {str(tmp_path / 'again.tif')!r}, m, log=print, "
             "options=SegmentOptions(device='cpu', precision='int8')); print('seconds', time.perf_counter() - t)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "LANDCOVER_CACHE_DIR": str(cache)})
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "Quantizing" not in done.stdout and list(cache.glob("int8/*.pt2")) == packages
-    assert float(done.stdout.split("seconds")[-1]) < 20  # a compile took 40 s here; loading 1-2 s
+    assert "Quantizing" not in done.stdout and packages[0].exists()
     with rasterio.open(tmp_path / "again.tif") as ds:
         assert np.array_equal(ds.read(1), labels["int8"])
     # a damaged package is compiled again rather than failing the job
@@ -204,22 +229,22 @@ def test_int8_labels_agree_with_fp32_the_log_says_int8_and_the_package_is_reused
         assert np.array_equal(ds.read(1), labels["int8"])
 
 
-def test_an_int8_batch_shorter_than_the_compiled_one_runs_unpadded_with_the_same_scores(cache):
+def test_an_int8_batch_shorter_than_the_compiled_one_runs_unpadded_with_the_same_scores(cache, tiny_int8):
     if not quantize.int8_available():
         pytest.skip("torchao or a C++ compiler is missing")
     from landcover_plugin.core.inference.windows import blend_weights
     from landcover_plugin.core.model.predictor import Predictor
 
-    net, spec = load_model(MODEL)
+    net, spec = load_model(tiny_int8)
     with rasterio.open(CROP) as ds:
         pixels = ds.read()
-    windows = np.stack([pixels[:, y:y + 512, x:x + 512] for y, x in ((0, 0), (256, 0), (100, 256))])
-    predictor = Predictor(net, spec.mean, spec.std, blend_weights(512, 64), CPU, 2, precision="int8")
+    windows = np.stack([pixels[:, y:y + 64, x:x + 64] for y, x in ((0, 0), (256, 0), (100, 256))])
+    predictor = Predictor(net, spec.mean, spec.std, blend_weights(64, 16), CPU, 2, precision="int8")
     calls = []
     package = predictor.int8
     predictor.int8 = lambda x: calls.append(len(x)) or package(x)
     together = predictor(windows)  # a batch of two, then one
-    assert calls == [2, 1] and together.shape == (3, len(spec.classes), 512, 512)
+    assert calls == [2, 1] and together.shape == (3, len(spec.classes), 64, 64)
     alone = predictor(windows[2:])
     torch.testing.assert_close(alone[0], together[2], atol=1e-5, rtol=1e-5)
 
@@ -235,11 +260,14 @@ def test_int8_without_calibration_windows_is_a_clear_error_and_writes_nothing(tm
 
 
 def test_bench_precision_reports_agreement_and_both_figures(tmp_path):
+    """On a 320-px part of the crop: bf16 without bf16 kernels (an AVX2 CPU) runs at a few hundredths of a
+    megapixel a second, and the bench's figures are measured on real sets (README), not here."""
     images, masks = tmp_path / "images", tmp_path / "masks"
     images.mkdir()
     masks.mkdir()
-    os.symlink(CROP, images / "crop.tif")
-    os.symlink(CROP_MASK, masks / "crop.png")
+    with rasterio.open(CROP) as ds, rasterio.open(CROP_MASK) as mk:
+        write_raster(images / "crop.tif", ds.read()[:, :320, :320])
+        write_raster(masks / "crop.tif", mk.read(1)[:320, :320])
     done = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench.py"), "precision", str(images),
                            str(masks), "--precision", "bf16", "--json"], capture_output=True, text=True, cwd=ROOT,
                           timeout=600)
@@ -257,7 +285,7 @@ def test_bench_precision_records_int8_agreement_where_auto_looks_for_it(tmp_path
 
     from landcover_plugin.core.model.model_file import read_spec
 
-    bench = load_script("bench")
+    bench = load_script("bench_precision")
     path = str(tmp_path / "mine.safetensors")
     shutil.copy(MODEL, path)
     spec = read_spec(path).with_training(int8=None)
@@ -291,21 +319,24 @@ def test_a_failing_int8_compile_falls_back_under_auto_and_is_one_clear_error_whe
 
     monkeypatch.setattr(quantize, "_compile", broken)
     monkeypatch.setattr(quantize, "int8_available", lambda: True)
-    monkeypatch.setattr(quantize, "INT8_MIN_PIXELS_CACHED", 0)
-    monkeypatch.setattr(quantize, "worth_int8", lambda *args: True)
+    monkeypatch.setattr(precision_mod, "int8_verdict", lambda *args: (True, ""))
     model = load_model(MODEL)
     logs = []
     res = segment(CROP, str(tmp_path / "auto.tif"), model, log=logs.append,
                   options=SegmentOptions(device="cpu", precision="auto"))
     assert res.precision in ("bf16", "fp32") and os.path.exists(res.class_path)
     assert any("int8 could not be compiled" in m and "C++ compile error" in m for m in logs)
+    assert res.precision_reason.startswith("auto: int8 could not be compiled")
+    with rasterio.open(res.class_path) as ds:  # the class raster says what ran, and why
+        assert ds.tags()["PRECISION"] == res.precision and ds.tags()["PRECISION_REASON"] == res.precision_reason
     with pytest.raises(InputError, match="int8 could not be compiled on this machine"):
         segment(CROP, str(tmp_path / "forced.tif"), model, log=lambda m: None,
                 options=SegmentOptions(device="cpu", precision="int8"))
     assert not os.path.exists(tmp_path / "forced.tif")
 
 
-def test_int8_agreement_on_held_out_images_in_memory_is_recorded_where_auto_looks(tmp_path, cache, monkeypatch):
+def test_int8_agreement_on_held_out_images_in_memory_is_recorded_where_auto_looks(tmp_path, cache, monkeypatch,
+                                                                                   tiny_int8):
     if not quantize.int8_available():
         pytest.skip("torchao or a C++ compiler is missing")
     import shutil
@@ -315,22 +346,22 @@ def test_int8_agreement_on_held_out_images_in_memory_is_recorded_where_auto_look
     from landcover_plugin.core.model.model_file import read_spec, rewrite
 
     path = str(tmp_path / "mine.safetensors")
-    shutil.copy(MODEL, path)
+    shutil.copy(tiny_int8, path)
     rewrite(path, read_spec(path).with_training(int8=None))  # as a freshly trained model: never measured
     with rasterio.open(CROP) as ds:
         image = ds.read()
-    items = [SimpleNamespace(image=image[:, :300, :300]), SimpleNamespace(image=image[:, 200:, 100:])]
+    items = [SimpleNamespace(image=image[:, :48, :48]), SimpleNamespace(image=image[:, 200:400, 100:300])]
     logs = []
     record = int8_agreement.record_on_validation(path, items, "landcover:train", logs.append)
     net, spec = load_model(path)  # the checksum is whole after the rewrite
     assert spec.training["int8"] == record and record["scheme"] == quantize.SCHEME
-    assert 0.99 < record["agreement"] <= 1.0 and record["images"].startswith("2 validation images or blocks")
+    assert 0.97 < record["agreement"] <= 1.0 and record["images"].startswith("2 validation images or blocks")
     assert quantize.faithful(spec) == (record["agreement"] >= quantize.INT8_MIN_AGREEMENT)
     assert any("int8 labels agreed" in m for m in logs)
-    assert all(torch.equal(t, load_model(MODEL)[0].state_dict()[k]) for k, t in net.state_dict().items())
+    assert all(torch.equal(t, load_model(tiny_int8)[0].state_dict()[k]) for k, t in net.state_dict().items())
     # a cap on the windows measured keeps a large validation set from taking long: one window of the first item
     monkeypatch.setattr(int8_agreement, "MAX_WINDOWS", 1)
-    assert int8_agreement.measure(net, spec, items)[2:] == (1, 300 * 300)
+    assert int8_agreement.measure(net, spec, items)[2:] == (1, 48 * 48)
     assert int8_agreement.measure(net, spec, items[1:])[2:] == (1, spec.tile_size ** 2)  # its top-left window
     # cancelled, or nothing held out: the file stays as it was
     rewrite(path, spec.with_training(int8=None))

@@ -13,7 +13,6 @@ import rasterio
 from ..errors import Cancelled, InputError
 from ..io import outputs
 from ..io.reader import WindowReader, read_valid
-from ..model import quantize
 from ..model.device import (
     auto_batch,
     choose_precision,
@@ -24,6 +23,7 @@ from ..model.device import (
     torch_or_error,
     write_in_background,
 )
+from ..model.precision import Decision, Hardware, decide
 from ..model.spec import ModelSpec
 from .multidevice import PartJob, run_parts, split_rows
 from .plan import Plan, SegmentOptions
@@ -39,21 +39,26 @@ class Execution:
 
     device: object  # torch.device of this process (the first of several)
     batch: int
-    precision: str
+    decision: Decision  # the precision every part runs, and why
     parts: list  # row parts for other processes or Dask blocks; empty or one: this process
     predictor: object | None  # this process's Predictor, where it runs windows itself
     where: str  # for the log: the device, the processes or the cluster
     write_behind: bool  # outputs written by a thread of their own
     cluster: object | None = None
 
+    @property
+    def precision(self) -> str:
+        return self.decision.precision
+
 
 @dataclass
 class Ran:
     device: str  # as the result reports it
     batch: int
-    precision: str
+    decision: Decision
     write_behind: bool
     spool: object | None  # a cluster run's finished blocks, cleared once the outputs are in place
+    run_again: dict  # a cluster run's blocks that ran again, by why
 
 
 def execution(plan: Plan, spec: ModelSpec, opts: SegmentOptions, network, reader: WindowReader, log) -> Execution:
@@ -63,54 +68,55 @@ def execution(plan: Plan, spec: ModelSpec, opts: SegmentOptions, network, reader
     batch = opts.batch_size or auto_batch(device, plan.tile, spec.base_width)
     if batch < 0:
         raise InputError("The batch size must be 0 (automatic) or positive.")
-    shape = (batch, len(plan.bands), plan.tile, plan.tile)
-    int8_pays = (device.type == "cpu" and opts.precision == "auto"
-                 and quantize.worth_int8(network, spec, shape, reader.width * reader.height))
-    precision = choose_precision(device, opts.precision, int8_pays)
     cluster = opts.cluster
     if cluster is not None:
-        from .cluster import plan_blocks
+        from .cluster import plan_blocks, worker_hardware
 
+        hardware = worker_hardware(cluster.client, cluster.device)
         parts = plan_blocks(reader.height, reader.width, cluster.block_size, plan.tile, cluster.device,
                             cluster.threads)
-        if opts.precision == "auto":
-            precision = "auto"  # each worker's own choice for its device (no int8 compiled on workers)
     else:
+        hardware = Hardware.of(device)
         parts = split_rows(reader.height, names, outputs.BLOCK) if len(names) > 1 else []
+    # once for the whole raster, before it is split: every process and worker gets the decision, not "auto"
+    decision = decide(opts.precision, hardware, network, spec, reader.width * reader.height)
+    here = cluster is None and len(parts) <= 1
     predictor = None
-    if cluster is None and (len(parts) <= 1 or precision == "int8"):
+    if here or decision.precision == "int8":
         # with parts, an int8 network is compiled (or its fallback chosen) here once, not by every process
-        predictor, precision = make_predictor(network, spec, plan, device, batch, opts, precision, log)
+        predictor, decision = make_predictor(network, spec, plan, device, batch, opts, decision, log)
     if cluster is not None:
         where = f"{len(parts)} block(s) on a Dask cluster"
     elif len(parts) > 1:
         where = f"{len(parts)} processes on {', '.join(p.device for p in parts)}"
     else:
         where = describe(device)
-    write_behind = cluster is None and len(parts) <= 1 and write_in_background(device)
-    return Execution(device, batch, precision, parts, predictor, where, write_behind, cluster)
+    write_behind = here and write_in_background(device)
+    return Execution(device, batch, decision, parts, predictor if here else None, where, write_behind, cluster)
 
 
-def make_predictor(network, spec: ModelSpec, plan: Plan, device, batch: int, opts: SegmentOptions, precision: str,
-                   log):
-    """(Predictor, precision that runs): an int8 network that cannot be compiled here falls back under auto."""
+def make_predictor(network, spec: ModelSpec, plan: Plan, device, batch: int, opts: SegmentOptions,
+                   decision: Decision, log):
+    """(Predictor, the Decision that runs): an int8 network that cannot be compiled here falls back under auto."""
     from ..model.predictor import Predictor
 
     weights = blend_weights(plan.tile, plan.overlap)
     try:
-        return Predictor(network, spec.mean, spec.std, weights, device, batch, opts.tta, precision, log), precision
+        return Predictor(network, spec.mean, spec.std, weights, device, batch, opts.tta, decision.precision,
+                         log), decision
     except (InputError, Cancelled):
         raise
     except Exception as exc:  # Inductor's compiler can fail on a machine we never saw
-        if precision != "int8":
+        if decision.precision != "int8":
             raise
         why = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
         if opts.precision == "int8":
             raise InputError(f"int8 could not be compiled on this machine ({why}); choose auto, fp32 or "
                              f"bf16.") from None
-        precision = choose_precision(device, "auto", int8_pays=False)
-        log(f"int8 could not be compiled on this machine ({why}); running {precision} instead.")
-        return Predictor(network, spec.mean, spec.std, weights, device, batch, opts.tta, precision), precision
+        fallback = choose_precision(device, "auto", int8_pays=False)
+        log(f"int8 could not be compiled on this machine ({why}); running {fallback} instead.")
+        decision = Decision(fallback, f"auto: int8 could not be compiled on this machine ({why})")
+        return Predictor(network, spec.mean, spec.std, weights, device, batch, opts.tta, fallback), decision
 
 
 def run(plan: Plan, spec: ModelSpec, opts: SegmentOptions, network, src, mask_src, class_path: str,
@@ -119,7 +125,7 @@ def run(plan: Plan, spec: ModelSpec, opts: SegmentOptions, network, src, mask_sr
     reader = WindowReader(src, plan.bands, plan.region, plan.scale, spec.mean)
     ex = execution(plan, spec, opts, network, reader, log)
     region = plan.region
-    log(f"Device {ex.where}, precision {ex.precision}, batch size {ex.batch}, tile {plan.tile}, "
+    log(f"Device {ex.where}, precision {ex.decision.describe()}, batch size {ex.batch}, tile {plan.tile}, "
         f"overlap {plan.overlap}, {region.width} x {region.height} pixels.")
     rows = _Rows(plan, spec, opts, network, src.name, reader, ex, progress, cancel, log, watch)
     ids = np.array([c.id for c in spec.classes], np.uint8)
@@ -127,7 +133,8 @@ def run(plan: Plan, spec: ModelSpec, opts: SegmentOptions, network, src, mask_sr
     with rasterio.open(class_path, "w", **outputs.class_profile(**grid)) as cls_ds, \
             _open_optional(conf_path, outputs.confidence_profile(**grid)) as conf_ds:
         outputs.write_class_styling(cls_ds, spec.classes)
-        cls_ds.update_tags(MODEL=spec.name, DEVICE=ex.device.type, TILE_SIZE=plan.tile, OVERLAP=plan.overlap)
+        cls_ds.update_tags(MODEL=spec.name, DEVICE=ex.device.type, TILE_SIZE=plan.tile, OVERLAP=plan.overlap,
+                           PRECISION=ex.precision, PRECISION_REASON=ex.decision.why)
         final = LabelWriter(ids, cls_ds, conf_ds, lambda r, n: read_valid(mask_src, plan.bands, region, r, n),
                             watch)
         if plan.scale == 1.0:
@@ -140,9 +147,10 @@ def run(plan: Plan, spec: ModelSpec, opts: SegmentOptions, network, src, mask_sr
                 rows.run(SinkPlan("probabilities", reader.width, reader.height, len(ids)), probability_writer(prob_ds))
             with rasterio.open(prob_path) as prob_ds:
                 final.from_probabilities(prob_ds, region.width, region.height, plan.scale, cancel)
-    if ex.cluster is not None or len(ex.parts) > 1:
-        return Ran(ex.where, ex.batch, ex.precision, ex.write_behind, rows.spool)
-    return Ran(describe(ex.device), ex.predictor.batch_size, ex.precision, ex.write_behind, rows.spool)
+    if ex.predictor is None:
+        return Ran(ex.where, ex.batch, ex.decision, ex.write_behind, rows.spool, rows.run_again)
+    return Ran(describe(ex.device), ex.predictor.batch_size, ex.decision, ex.write_behind, rows.spool,
+               rows.run_again)
 
 
 class _Rows:
@@ -151,15 +159,15 @@ class _Rows:
     def __init__(self, plan, spec, opts, network, path, reader, ex: Execution, progress, cancel, log, watch):
         self.plan, self.spec, self.opts, self.network, self.path, self.reader = plan, spec, opts, network, path, reader
         self.ex, self.progress, self.cancel, self.log, self.watch = ex, progress, cancel, log, watch
-        self.spool = None
+        self.spool, self.run_again = None, {}
 
     def run(self, sink_plan, write) -> None:
         ex = self.ex
         if ex.cluster is not None:
             from .cluster import run_blocks
 
-            self.spool = run_blocks(self._part_job(sink_plan), ex.parts, write, self.progress, self.cancel,
-                                    self.log, ex.cluster)
+            self.spool, self.run_again = run_blocks(self._part_job(sink_plan), ex.parts, write, self.progress,
+                                                    self.cancel, self.log, ex.cluster)
         elif len(ex.parts) > 1:
             run_parts(self._part_job(sink_plan), ex.parts, write, self.progress, self.cancel, self.log, self.watch)
         else:

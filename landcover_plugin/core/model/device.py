@@ -82,7 +82,7 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def choose_precision(device, precision: str = "auto", int8_pays: bool = False) -> str:
+def choose_precision(device, precision: str = "auto", int8_pays: bool = False, bf16_gpu: bool | None = None) -> str:
     """The precision that runs: "fp32", "bf16", "fp16" (GPUs) or "int8" (CPUs).
 
     auto: on a GPU fp16; on a CPU int8 where the caller found that it can run and repays its set-up
@@ -92,6 +92,7 @@ def choose_precision(device, precision: str = "auto", int8_pays: bool = False) -
     ran faster in it (378 against 336 MP/s, batch 32). With the CPU held to AVX2, int8 ran the whole
     path at 0.355 MP/s against fp32's 0.251, labels agreeing with fp32's on 99.51% of pixels of
     imagery from other continents (scripts/bench.py precision); with bf16 kernels bf16 ran as fast.
+    bf16_gpu: whether the GPU runs bf16, where another machine's GPU is meant (None: ask this one's).
     """
     torch = torch_or_error()
     if precision not in PRECISIONS:
@@ -99,7 +100,7 @@ def choose_precision(device, precision: str = "auto", int8_pays: bool = False) -
     if device.type == "cuda":
         if precision == "int8":
             raise InputError("int8 runs on CPUs only; on a GPU choose the auto, fp16 or bf16 precision.")
-        if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        if precision == "bf16" and not (torch.cuda.is_bf16_supported() if bf16_gpu is None else bf16_gpu):
             return "fp16"
         return "fp16" if precision == "auto" else precision
     if precision == "fp16":

@@ -7,7 +7,7 @@ into a package (a shared library whose kernels use the CPU's VNNI/AMX int8 instr
 one input shape. Compiling takes tens of seconds, loading a package about one, so packages
 are kept between runs in `cache_dir()`, named by everything that shapes them (weights,
 calibration windows, normalisation, input shape, torch and torchao versions, CPU), and the
-engine chooses int8 by itself for a raster only where that pays (`worth_int8`).
+engine chooses int8 by itself for a raster only where that pays (`precision.decide`).
 """
 from __future__ import annotations
 
@@ -20,12 +20,12 @@ from ..errors import InputError
 
 # Measured on the 2-core development CPU held to AVX2 (no bf16 kernels), whole path at 2048²: int8
 # 0.355 MP/s against fp32's 0.251, 1.2 s saved per megapixel; quantizing and compiling a package took
-# 15-30 s, loading a cached one 1.3 s. So auto chooses int8 from 2 MP where the package is cached, and
-# from 32 MP where it must be compiled. Where the CPU has bf16 kernels bf16 ran about as fast as int8
-# (0.446-0.470 against 0.357-0.536 MP/s, interleaved runs, 2026-11-27) in less memory with nothing to
-# compile, so auto keeps bf16 there.
-INT8_MIN_PIXELS_CACHED = 2_000_000
-INT8_MIN_PIXELS_COLD = 32_000_000
+# 15-30 s once per machine and model, loading a cached one 1.3 s. So auto chooses int8 from 2 MP, compiling
+# the package on the first such run: whether a package happens to be cached never changes the precision,
+# so it never changes the map (it once did: 2 MP with a package, 32 MP without). Where the CPU has bf16
+# kernels bf16 ran about as fast as int8 (0.446-0.470 against 0.357-0.536 MP/s, interleaved runs,
+# 2026-11-27) in less memory with nothing to compile, so auto keeps bf16 there.
+INT8_MIN_PIXELS = 2_000_000
 # auto uses int8 only for a model whose file records that int8 labels agreed with fp32's on at least
 # this share of pixels of real imagery it was not trained on (training.int8.agreement, from
 # scripts/bench.py precision); see the model cards for the bundled models' figures.
@@ -36,6 +36,9 @@ INT8_MIN_AGREEMENT = 0.995
 # four convolutions in fp32 99.51% (all 122 chips: 99.509%), the whole encoder 99.60%, the decoder
 # 99.21%, the stem alone 99.36%. They cost int8 about 13% of its speed (0.535 -> 0.463 MP/s here).
 FLOAT_LAYERS = ("stem.", "downs.0.")
+# Tried and left (2026-12-07, 122 chips, CPU held to AVX2, bundled model with its 8-bit weights): weight scales
+# allowed below the quantizer's floor of 2^-12 (batch-norm folding leaves most channels of the deep layers
+# under it, so they are rounded to a few dozen steps): 99.489% against the default's 99.501%.
 # how packages are built, beside the arithmetic (in their cache names: a package built otherwise is not reused)
 PACKAGE = "aot-inductor, channels-last, batch 1 to the shape's"
 SCHEME = ("x86-inductor, per-channel weights, histogram activations, float " + "+".join(FLOAT_LAYERS)
@@ -114,24 +117,6 @@ def package_path(network, mean, std, shape) -> str:
 
 # loaded packages by source network and input shape: evaluating many images loads once
 _loaded: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def worth_int8(network, spec, shape, pixels: int) -> bool:
-    """Whether auto should run `network` (from load_model) in int8 on a CPU for a raster of `pixels`:
-    its file records faithful int8 labels and carries calibration windows, the CPU has no bf16 kernels
-    (with them bf16 is as fast), int8 can run here, and the raster repays the set-up (a cached package
-    loads in a second, a new one compiles for tens of seconds). The cheapest tests come first: importing
-    torchao takes seconds a small raster should not pay."""
-    from .device import cpu_has_bf16
-
-    if not faithful(spec) or pixels < INT8_MIN_PIXELS_CACHED or cpu_has_bf16():
-        return False
-    if getattr(network, "calibration_windows", None) is None or not int8_available():
-        return False
-    if pixels >= INT8_MIN_PIXELS_COLD:
-        return True
-    return tuple(shape) in _loaded.get(network, {}) or os.path.exists(
-        package_path(network, spec.mean, spec.std, shape))
 
 
 def int8_network(source, fused, mean, std, shape, log=lambda m: None):
