@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
-from ..errors import InputError, LandcoverError
+from .errors import InputError, LandcoverError
 
 logger = logging.getLogger("landcover")
 
@@ -72,7 +72,7 @@ def output_dirs(inputs: list[str], out_dir: str) -> list[str]:
 
 def _run_key(path: str, spec_name: str, network, options) -> str:
     """The input as it is now, the model's weights and the settings: what makes earlier outputs reusable."""
-    from .cluster import add_input, add_weights
+    from .inference.spool import add_input, add_weights
 
     digest = hashlib.sha256()
     add_input(digest, path)
@@ -93,7 +93,7 @@ def _finished(out_dir: str, key: str, polygons: bool) -> bool:
 
 def connect(workers: int | None = None, scheduler: str | None = None, log: Callable = logger.info):
     """(client, threads per worker): a local cluster of `workers` processes, or the cluster at `scheduler`."""
-    from ..model.device import usable_cores
+    from .model.device import usable_cores
 
     try:
         from distributed import Client, LocalCluster
@@ -120,9 +120,9 @@ def segment_many(inputs, out_dir: str, model=None, options=None, workers: int | 
                  scheduler: str | None = None, block_size: int | None = None, polygons: bool = True,
                  log: Callable | None = None, progress: Callable[[float], None] | None = None) -> list[InputResult]:
     """Classify every input into its output folder; returns one InputResult an input, failures included."""
-    from ..model.bundled import resolve_model_path
-    from ..model.model_file import load_model
-    from ..segment import SegmentOptions
+    from .model.bundled import resolve_model_path
+    from .model.model_file import load_model
+    from .segment import SegmentOptions
 
     log = log or logger.info
     paths = expand_inputs(inputs)
@@ -170,13 +170,14 @@ class _Runs:
         self.cluster_options = options
 
     def on_cluster(self, client, threads: int, block_size: int | None) -> None:
-        """Run the inputs' blocks on the client's cluster, the network scattered to the workers once."""
-        from .cluster import DEFAULT_BLOCK, Cluster
+        """Run the inputs' blocks on the client's cluster, the network sent to the workers once (as a task
+        that Dask runs again should every worker holding it be lost)."""
+        from .inference.cluster import DEFAULT_BLOCK, Cluster, network_task
 
-        scattered = client.scatter(self.model[0], broadcast=True, hash=False)
+        network = network_task(client, self.model[0])
         device = self.options.device if self.options.device in ("auto", "cpu", "cuda") else "auto"  # lists: per worker
         self.cluster_options = dataclasses.replace(self.options, cluster=Cluster(
-            client, os.path.join(self.out_dir, SPOOL), block_size or DEFAULT_BLOCK, threads, device, scattered))
+            client, os.path.join(self.out_dir, SPOOL), block_size or DEFAULT_BLOCK, threads, device, network))
 
     def report(self, i: int, fraction: float) -> None:
         with self.lock:
@@ -203,8 +204,8 @@ class _Runs:
 
 
 def _segment_one(item: InputResult, model, options, polygons: bool, key: str, progress, log):
-    from ..evaluation.report import write_area_report
-    from ..segment import segment
+    from .evaluation.report import write_area_report
+    from .segment import segment
 
     os.makedirs(item.out_dir, exist_ok=True)
     out = os.path.join

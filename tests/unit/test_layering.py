@@ -62,6 +62,49 @@ def test_core_never_imports_qgis_nor_the_qgis_side():
             assert not bad, f"{module} imports {sorted(bad)}"
 
 
+# core's packages from the bottom up, and the plain modules every one may use; segment.py and many.py, at
+# core's top, drive them all and nothing in them imports those
+CORE_LAYERS = ["model", "io", "inference", "vector", "evaluation", "training"]
+CORE_BASE = {"errors", "stopwatch", "interpreter"}
+
+
+def _core_part(module: str) -> str | None:
+    """"io" for landcover_plugin.core.io.reader, "segment" for landcover_plugin.core.segment; None outside core."""
+    parts = module.split(".")
+    return parts[2] if len(parts) > 2 and parts[:2] == ["landcover_plugin", "core"] else None
+
+
+def upward_imports(modules: dict) -> list[str]:
+    """Imports, lazy ones included, from a core package to one at its level's top or above it."""
+    bad = []
+    for module, path in modules.items():
+        own = _core_part(module)
+        if own not in CORE_LAYERS:
+            continue
+        for dep in _known(_imports(path, top_level_only=False)):
+            target = _core_part(dep)
+            if target is None or target == own or target in CORE_BASE:
+                continue
+            if target not in CORE_LAYERS or CORE_LAYERS.index(target) > CORE_LAYERS.index(own):
+                bad.append(f"{module} imports {dep}")
+    return bad
+
+
+def test_core_packages_import_only_packages_below_them():
+    """A module that drives a whole run (many rasters: core/many.py) sits above what it drives; reading
+    (io) does not reach up into the sliding window (inference)."""
+    assert upward_imports(MODULES) == []
+    # the rule sees what it is for: the many-rasters driver where it was (inference/many.py), and an io module
+    # reaching up into inference as reader.py once did
+    core = "landcover_plugin.core"
+    where_it_was = upward_imports({f"{core}.inference.many": MODULES[f"{core}.many"]})
+    assert sorted(where_it_was) == [f"{core}.inference.many imports {core}.evaluation.report",
+                                    f"{core}.inference.many imports {core}.segment"]
+    # evaluation.py's lazy imports of the sliding window, as if it were a reading module
+    as_io = upward_imports({f"{core}.io.evaluation": MODULES[f"{core}.evaluation.evaluation"]})
+    assert f"{core}.io.evaluation imports {core}.inference.sliding" in as_io
+
+
 def test_what_qgis_loads_imports_no_torch_at_module_level():
     """QGIS imports the plugin and its provider's algorithms when it starts, torch or not: torch (and what
     imports it at module level) waits until an algorithm runs."""

@@ -5,7 +5,7 @@ import pytest
 
 from landcover_plugin.core.errors import InputError
 from landcover_plugin.core.inference.cluster import plan_blocks
-from landcover_plugin.core.inference.many import expand_inputs, output_dirs
+from landcover_plugin.core.many import expand_inputs, output_dirs
 
 
 def test_blocks_hold_about_the_pixels_asked_in_whole_rows_of_output_blocks():

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from landcover_plugin.core.inference.windows import blend_weights, pad, reflect_index, taper, window_grid, window_starts
+from landcover_plugin.core.inference.windows import blend_weights, pad, taper, window_grid, window_starts
+from landcover_plugin.core.io.reader import reflect_index
 
 CASES = [(1, 64, 0), (50, 64, 16), (64, 64, 16), (65, 64, 16), (1000, 256, 32), (777, 128, 63), (513, 512, 64),
          (3000, 512, 100), (10, 32, 1)]

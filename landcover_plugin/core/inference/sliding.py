@@ -8,10 +8,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..errors import Cancelled
+from ..io.reader import reflect_index
 from ..stopwatch import Stopwatch
 from .blend import StripBlender
 from .strips import host_sink
-from .windows import reflect_index, strips_for_rows, window_grid
+from .windows import strips_for_rows, window_grid
 
 
 def slide(reader, predictor, num_classes: int, tile: int, overlap: int, sink, progress=None, cancel=None,

@@ -56,15 +56,6 @@ def blend_weights(tile: int, overlap: int) -> np.ndarray:
     return np.outer(w, w).astype(np.float32)
 
 
-def reflect_index(idx: np.ndarray, n: int) -> np.ndarray:
-    """Map canvas positions to image positions by mirroring at the edges (numpy's 'reflect')."""
-    if n == 1:
-        return np.zeros_like(idx)
-    period = 2 * n - 2
-    i = np.abs(idx) % period
-    return np.where(i >= n, period - i, i)
-
-
 def window_grid(height: int, width: int, tile: int, overlap: int) -> tuple[np.ndarray, np.ndarray]:
     """Row and column starts of the window grid covering a height x width image."""
     return window_starts(height, tile, overlap), window_starts(width, tile, overlap)

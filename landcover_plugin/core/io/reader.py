@@ -13,9 +13,16 @@ import numpy as np
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from ..inference.windows import reflect_index
-
 _COMPACT = (np.dtype(np.uint8), np.dtype(np.int16), np.dtype(np.float32))
+
+
+def reflect_index(idx: np.ndarray, n: int) -> np.ndarray:
+    """Map canvas positions to image positions by mirroring at the edges (numpy's 'reflect')."""
+    if n == 1:
+        return np.zeros_like(idx)
+    period = 2 * n - 2
+    i = np.abs(idx) % period
+    return np.where(i >= n, period - i, i)
 
 
 @dataclass(frozen=True)
