@@ -34,9 +34,11 @@ def parse_args(argv=None):
                    "it has one, else its CPU)")
     p.add_argument("--tta", action="store_true")
     p.add_argument("--precision", default="auto", choices=_common.PRECISION_CHOICES,
-                   help="auto: fp16 on a GPU; on a CPU without bf16 kernels int8 for rasters of 2 MP or more once "
-                        "compiled (32 MP before) where it can run, else bf16 where the CPU has it, else fp32; fp16: "
-                        "GPUs only; int8: CPUs only. On a cluster, auto is each worker's choice (no int8)")
+                   help="auto: fp16 on a GPU; on a CPU without bf16 kernels int8 for rasters of 2 MP or more where "
+                        "the model records faithful int8 labels and int8 can run (compiled once), else bf16 where the "
+                        "CPU has it, else fp32; fp16: GPUs only; int8: CPUs only. Decided once for the whole raster, "
+                        "on a cluster from what all its workers have; the log and the class raster's tags say which "
+                        "ran and why")
     p.add_argument("--min-area", type=float, help="smallest region kept, square ground units (default: the model's)")
     p.add_argument("--simplify", type=float, help="polygon simplification tolerance, map units (default: the model's)")
     p.add_argument("--no-polygons", action="store_true")
@@ -53,7 +55,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     _common.setup(quiet=args.json)
     from landcover_plugin.core.errors import InputError
-    from landcover_plugin.core.inference.many import segment_many
+    from landcover_plugin.core.many import segment_many
     from landcover_plugin.core.segment import SegmentOptions
     from landcover_plugin.core.vector.areas import format_area_table
 
@@ -72,8 +74,11 @@ def main(argv=None) -> int:
         if r.result is not None:
             print(f"{r.input}:")
             print(format_area_table(r.result.areas, r.result.area_units))
-            print(f"{r.result.megapixels:.2f} MP at {r.result.mp_per_s:.2f} MP/s on {r.result.device}; outputs in "
-                  f"{r.out_dir}")
+            print(f"{r.result.megapixels:.2f} MP at {r.result.mp_per_s:.2f} MP/s on {r.result.device} in "
+                  f"{r.result.precision} ({r.result.precision_reason}); outputs in {r.out_dir}")
+            again = {why: n for why, n in r.result.blocks_run_again.items() if n}
+            if again:
+                print("blocks run again: " + ", ".join(f"{n} ({why})" for why, n in again.items()))
         elif r.skipped:
             print(f"{r.input}: already done, outputs in {r.out_dir}")
         else:
@@ -84,6 +89,9 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps({"inputs": [{"input": r.input, "out_dir": r.out_dir, "error": r.error, "skipped": r.skipped,
                                       "mp_per_s": r.result and r.result.mp_per_s,
+                                      "precision": r.result and r.result.precision,
+                                      "precision_reason": r.result and r.result.precision_reason,
+                                      "blocks_run_again": r.result and r.result.blocks_run_again,
                                       "seconds": r.result and r.result.seconds,
                                       "areas": r.result and [a.__dict__ for a in r.result.areas]}
                                      for r in results]}))

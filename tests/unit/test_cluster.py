@@ -13,7 +13,7 @@ from rasterio.transform import from_origin
 pytest.importorskip("distributed")
 
 from landcover_plugin.core.inference.cluster import Cluster  # noqa: E402
-from landcover_plugin.core.inference.many import segment_many  # noqa: E402
+from landcover_plugin.core.many import segment_many  # noqa: E402
 from landcover_plugin.core.segment import SegmentOptions, segment  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -137,28 +137,92 @@ def test_a_rerun_skips_the_blocks_an_interrupted_run_finished(cluster, tall, mod
     assert not [f for _, _, files in os.walk(spool) for f in files]  # cleared once the outputs are in place
 
 
-def test_a_worker_killed_during_the_run_still_gives_the_same_outputs(tall, model, tmp_path):
+def _network_holders(client) -> list[str]:
+    """The workers holding the network's task result, as the scheduler sees it."""
+    return sorted({w for key, workers in client.who_has().items() if str(key).startswith("landcover-network-")
+                   for w in workers})
+
+
+@pytest.mark.parametrize("workers, victims", [
+    (2, "network"),  # every worker holding the network (scattered data would be gone for good)
+    (1, "all"),  # the only worker, which its nanny starts again
+    (3, "two"),  # two of three
+])
+def test_a_run_survives_losing_workers_and_gives_the_outputs_of_one_process(tall, model, tmp_path, workers,
+                                                                            victims):
     from distributed import Client, LocalCluster
 
     one = segment(tall, str(tmp_path / "one.tif"), model, options=SegmentOptions(precision="fp32", device="cpu"))
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as lc, \
+    logs = []
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as lc, \
             Client(lc) as client:
-        pids = list(client.run(os.getpid).values())
+        client.wait_for_workers(workers)  # under load one may register late: never kill fewer than meant
         killed = []
 
-        def kill_one(fraction):
+        def kill(fraction):
             if fraction > 0 and not killed:  # a block is in: the others are running or waiting
-                os.kill(pids[0], signal.SIGKILL)
-                killed.append(pids[0])
+                pids = client.run(os.getpid)
+                chosen = {"network": _network_holders(client), "all": list(pids),
+                          "two": sorted(pids)[:2]}[victims]
+                for address in chosen:
+                    os.kill(pids[address], signal.SIGKILL)
+                killed.extend(chosen)
 
-        result = segment(tall, str(tmp_path / "c.tif"), model, progress=kill_one, options=SegmentOptions(
+        result = segment(tall, str(tmp_path / "c.tif"), model, progress=kill, log=logs.append, options=SegmentOptions(
             precision="fp32", device="cpu", cluster=Cluster(client, str(tmp_path / "spool"), block_size=300)))
     assert killed
     assert (_read(result.class_path) == _read(one.class_path)).all()
 
 
+def _dask_process(tmp_path, *args):
+    """`dask scheduler` or `dask worker` as a process of its own, as on a real cluster (a worker without a
+    nanny: nothing starts it again once it is killed), with this package importable."""
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_" + args[0], *args[1:],
+                             "--scheduler-file", str(tmp_path / "scheduler.json")], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_a_cluster_left_without_workers_ends_the_run_with_its_blocks_kept_and_a_rerun_resumes(
+        tall, model, tmp_path, monkeypatch):
+    from distributed import Client
+
+    from landcover_plugin.core.inference import cluster as cluster_mod
+
+    monkeypatch.setattr(cluster_mod, "NO_WORKER_TIMEOUT_S", 3.0)
+    monkeypatch.setattr(cluster_mod, "WORKERS_CHECK_S", 0.5)
+    spool = str(tmp_path / "spool")
+    scheduler = _dask_process(tmp_path, "scheduler", "--port", "0", "--dashboard-address", ":0")
+    worker = _dask_process(tmp_path, "worker", "--no-nanny", "--nthreads", "1")
+    try:
+        with Client(scheduler_file=str(tmp_path / "scheduler.json"), timeout=60) as client:
+            client.wait_for_workers(1, timeout=60)
+
+            def kill_the_worker(fraction):
+                if fraction > 0 and worker.poll() is None:
+                    worker.kill()
+
+            with pytest.raises(RuntimeError, match="no worker for 3 s.*kept in.*run the same command again"):
+                segment(tall, str(tmp_path / "c.tif"), model, progress=kill_the_worker, options=SegmentOptions(
+                    precision="fp32", device="cpu", cluster=Cluster(client, spool, block_size=300)))
+            assert not os.path.exists(tmp_path / "c.tif")
+            kept = [f for _, _, files in os.walk(spool) for f in files if f.endswith(".npy")]
+            assert 1 <= len(kept) < 4
+            worker = _dask_process(tmp_path, "worker", "--no-nanny", "--nthreads", "1")  # workers back
+            logs = []
+            again = segment(tall, str(tmp_path / "c.tif"), model, log=logs.append, options=SegmentOptions(
+                precision="fp32", device="cpu", cluster=Cluster(client, spool, block_size=300)))
+    finally:
+        for process in (worker, scheduler):
+            process.kill()
+            process.wait()
+    assert any(f"{len(kept)} already done" in m for m in logs)
+    one = segment(tall, str(tmp_path / "one.tif"), model, options=SegmentOptions(precision="fp32", device="cpu"))
+    assert (_read(again.class_path) == _read(one.class_path)).all()
+
+
 def test_bad_inputs_are_reported_each_and_the_others_finish(rasters, model, tmp_path, monkeypatch):
-    from landcover_plugin.core.inference import many
+    from landcover_plugin.core import many
 
     broken = tmp_path / "broken.tif"
     broken.write_text("not a raster")
@@ -174,3 +238,64 @@ def test_bad_inputs_are_reported_each_and_the_others_finish(rasters, model, tmp_
                            log=lambda m: None)
     assert all("cannot be reached" in r.error for r in results)
     assert not os.path.exists(tmp_path / "nowhere")  # nothing left of a run that could not start
+
+
+@pytest.fixture(scope="module")
+def odd(tmp_path_factory):
+    """An odd-sized raster in a geographic CRS with nodata pixels and an alpha band that masks a corner."""
+    pixels = fixture_pixels()[:, :701, :587].copy()
+    pixels[:, 300:340, 100:500] = 0  # nodata across a block border
+    alpha = np.full(pixels.shape[1:], 255, np.uint8)
+    alpha[600:, 400:] = 0
+    return write_raster(tmp_path_factory.mktemp("odd") / "odd.tif", np.concatenate([pixels, alpha[None]]),
+                        crs="EPSG:4326", transform=from_origin(55.2, 25.1, 5e-6, 5e-6), nodata=0, alpha=True)
+
+
+@pytest.mark.parametrize("block_size", [256, 333, 701])  # 256: the smallest, a GeoTIFF block of rows
+def test_any_block_size_from_the_tile_up_on_an_odd_geographic_raster_with_nodata_equals_one_process(
+        cluster, odd, model, tmp_path, block_size):
+    from distributed import Client
+
+    one = segment(odd, str(tmp_path / "one.tif"), model, options=OPTIONS)
+    with Client(cluster.scheduler_address) as client:
+        blocks = segment(odd, str(tmp_path / "blocks.tif"), model, options=SegmentOptions(
+            precision="fp32", min_area=2.0, device="cpu", cluster=Cluster(client, str(tmp_path / "spool"),
+                                                                          block_size=block_size)))
+    a, b = _read(one.class_path), _read(blocks.class_path)
+    assert (a == b).all() and (a == 255).sum() > 40 * 400  # nodata and alpha are nodata in both
+
+
+def test_auto_runs_the_same_precision_and_map_in_one_process_and_on_a_cluster_cold_or_warm(tiny_int8, tmp_path):
+    """A real image above int8's threshold on a CPU without bf16 kernels, as scripts/segment.py runs it: in one
+    process with an empty cache, on a cluster once the package is cached, and on a cluster with the cache
+    emptied again. Before, the cluster ran fp32 and one process int8 only where a package was cached."""
+    import json
+
+    from landcover_plugin.core.model import quantize
+
+    pixels = fixture_pixels()
+    mosaic = np.block([[pixels, pixels[:, :, ::-1]], [pixels[:, ::-1], pixels[:, ::-1, ::-1]]])  # 1536 x 1536
+    image = write_raster(tmp_path / "mosaic.tif", mosaic, crs="EPSG:32640", transform=from_origin(300000, 2780000,
+                                                                                                  0.5, 0.5))
+    assert mosaic.shape[1] * mosaic.shape[2] >= quantize.INT8_MIN_PIXELS
+    path = tiny_int8
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "LANDCOVER_CACHE_DIR": str(tmp_path / "cache")}  # no bf16
+
+    def run(name, *where):
+        done = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "segment.py"), image,
+                               str(tmp_path / name), "--model", path, "--device", "cpu", "--no-polygons", "--json",
+                               *where], capture_output=True, text=True, env=env, timeout=170)
+        assert done.returncode == 0, done.stderr[-2000:]
+        result = json.loads(done.stdout.strip().splitlines()[-1])["inputs"][0]
+        return result["precision"], result["precision_reason"], _read(str(tmp_path / name / "classes.tif"))
+
+    if not quantize.int8_available():
+        pytest.skip("torchao or a C++ compiler is missing")
+    runs = [run("one-cold")]
+    runs.append(run("cluster-warm", "--workers", "2", "--block-size", "700"))
+    import shutil
+
+    shutil.rmtree(tmp_path / "cache")
+    runs.append(run("cluster-cold", "--workers", "2", "--block-size", "700"))
+    assert [r[0] for r in runs] == ["int8"] * 3 and "2 MP" in runs[0][1]
+    assert all((r[2] == runs[0][2]).all() for r in runs[1:])
