@@ -235,7 +235,7 @@ def test_modeler_chain_train_segment_evaluate(provider, sample, start_model, tmp
     model = QgsProcessingModelAlgorithm()
     assert model.fromFile(os.path.join(ROOT, "examples", "train_segment_evaluate.model3"))
     results, ok = model.run({"imagery": [image], "labels": POLYGONS, "class_field": "class",
-                             "starting_model": start_model, "minutes": 0.6, "image": image, "reference": mask,
+                             "starting_model": start_model, "minutes": 0.3, "image": image, "reference": mask,
                              "train:model": str(tmp_path / "chain.safetensors"),
                              "segment:classes": str(tmp_path / "chain_classes.tif")},
                             QgsProcessingContext(), QgsProcessingFeedback())
