@@ -60,10 +60,19 @@ def _history(log_dir):
         return list(csv.DictReader(fh))
 
 
-def test_training_learns_a_pattern_well_above_chance(tmp_path, pattern_dir):
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, pattern_dir):
+    """(folder, completed process) of one training on the pattern: the model m.safetensors, its log m_log/.
+    Shared: the fine-tuning test starts from it."""
+    folder = tmp_path_factory.mktemp("trained")
+    r = _train(str(pattern_dir / "images"), str(pattern_dir / "masks"), "--out", str(folder / "m.safetensors"),
+               "--epochs", "20", "--lr", "5e-3", *COMMON)
+    return folder, r
+
+
+def test_training_learns_a_pattern_well_above_chance(trained):
+    tmp_path, r = trained
     out = tmp_path / "m.safetensors"
-    r = _train(str(pattern_dir / "images"), str(pattern_dir / "masks"), "--out", str(out), "--epochs", "20",
-               "--lr", "5e-3", *COMMON)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = _history(str(tmp_path / "m_log"))
     first, best = float(rows[0]["val_miou"]), max(float(r["val_miou"]) for r in rows)
@@ -142,12 +151,11 @@ def test_custom_class_table(tmp_path, pattern_dir):
     assert r.returncode == 2 and "color" in r.stderr
 
 
-def test_fine_tuning_starts_from_a_model_file(tmp_path, pattern_dir):
+def test_fine_tuning_starts_from_a_model_file(tmp_path, pattern_dir, trained):
     data = [str(pattern_dir / "images"), str(pattern_dir / "masks")]
-    first = tmp_path / "first.safetensors"
-    r = _train(*data, "--out", str(first), "--epochs", "6", "--lr", "5e-3", *COMMON)
-    assert r.returncode == 0, r.stderr[-2000:]
-    start = float(_history(str(tmp_path / "first_log"))[-1]["val_miou"])
+    first = trained[0] / "m.safetensors"
+    assert trained[1].returncode == 0, trained[1].stderr[-2000:]
+    start = max(float(r["val_miou"]) for r in _history(str(trained[0] / "m_log")))  # the epoch the file keeps
     # Other architecture options are overridden by the file's; a tiny learning rate keeps what it learnt.
     tuned = tmp_path / "tuned.safetensors"
     r = _train(*data, "--out", str(tuned), "--epochs", "1", "--lr", "1e-6", "--init", str(first), *COMMON,
