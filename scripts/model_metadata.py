@@ -88,12 +88,14 @@ def main(argv=None) -> int:
         print(json.dumps(spec.to_dict(), indent=1))
         return 0
     spec = replace(spec, **changes)
-    if args.weights:  # the weights as loaded (float32), stored again; metadata and calibration kept
+    calibration = _calibration(args.calibration, spec) if args.calibration else None
+    if args.weights:  # the weights as loaded (float32) stored anew, with the metadata and calibration, at once
         from landcover_plugin.core.model.model_file import load_model, save_model
 
-        network = load_model(path)[0]
-        save_model(path, network, spec, storage=args.weights)
-    rewrite(path, spec, {CALIBRATION_KEY: _calibration(args.calibration, spec)} if args.calibration else None)
+        save_model(path, load_model(path)[0], spec, storage=args.weights,
+                   calibration=None if calibration is None else calibration.numpy())
+    else:
+        rewrite(path, spec, None if calibration is None else {CALIBRATION_KEY: calibration})
     print(f"updated {path}")
     return 0
 

@@ -130,3 +130,28 @@ def test_model_metadata_script_changes_metadata_and_keeps_weights(tmp_path):
     bad = subprocess.run([sys.executable, script, path, "--polygon-classes", "9"], capture_output=True, text=True)
     assert bad.returncode == 2 and "class ids of the model" in bad.stderr and "Traceback" not in bad.stderr
     assert read_spec(path) == spec2
+
+
+def test_model_metadata_weights_stores_them_in_8_bits_and_keeps_metadata_and_calibration(tmp_path):
+    """How the bundled files were converted: --weights int8 on a float16 file of the bundled shape."""
+    import numpy as np
+    import torch
+
+    from landcover_plugin.core.model.model_file import load_model
+
+    net, spec = make_model(base_width=32, depth=4, calibrate=False)
+    windows = np.arange(2 * 3 * 16 * 16, dtype=np.uint8).reshape(2, 3, 16, 16)
+    path = str(tmp_path / "m.safetensors")
+    save_model(path, net, spec.with_training(note="kept"), half=True, calibration=windows)
+    size = os.path.getsize(path)
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "model_metadata.py"), path, "--weights",
+                           "int8", "--name", "Compact"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert os.path.getsize(path) < 0.7 * size
+    loaded, spec2 = load_model(path)  # its checksum verified
+    assert spec2.name == "Compact" and spec2.training["note"] == "kept"
+    assert np.array_equal(loaded.calibration_windows, windows)
+    x = torch.from_numpy(fixture_pixels()[:, :64, :64].astype(np.float32))[None] / 255
+    with torch.no_grad():
+        a, b = net.eval()(x), loaded(x)
+    assert (a - b).abs().max() < 0.02 * a.abs().max()  # 8-bit steps, not other weights
