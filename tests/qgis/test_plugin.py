@@ -454,7 +454,7 @@ def test_qgis_process_takes_device_names_and_refuses_a_missing_gpu(small_model, 
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    for device in ("cuda", "cuda:all", "2"):  # a name, the new name, and an index
+    for device in ("cuda:all", "2"):  # a name and an index (every name is parsed in test_multidevice)
         r = qgis_process(["run", "landcover:segment", "--", f"INPUT={utm_raster}", f"MODEL={small_model}",
                           f"DEVICE={device}", f"OUTPUT_RASTER={tmp_path / 'c.tif'}"], tmp_path)
         assert r.returncode != 0 and "no CUDA GPU" in r.stdout + r.stderr, (device, r.stdout[-1500:] + r.stderr[-1500:])

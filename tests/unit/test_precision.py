@@ -1,6 +1,7 @@
 """Precision choice (auto, fp32, bf16, int8, fp16) and int8 inference calibrated on the model file's windows."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -188,7 +189,8 @@ def test_model_files_carry_calibration_windows(tmp_path):
         assert CALIBRATION_KEY in f.keys()
 
 
-def test_int8_labels_agree_with_fp32_the_log_says_int8_and_the_package_is_reused(tmp_path, cache, tiny_int8):
+def test_int8_labels_agree_with_fp32_the_log_says_int8_and_the_package_is_reused(tmp_path, cache, tiny_int8,
+                                                                                   monkeypatch):
     """The plumbing, on a small model whose package compiles in seconds; the bundled model's agreement is
     measured by scripts/bench.py precision and recorded in its file (auto reads it there)."""
     if not quantize.int8_available():
@@ -220,13 +222,19 @@ def test_int8_labels_agree_with_fp32_the_log_says_int8_and_the_package_is_reused
     assert "Quantizing" not in done.stdout and packages[0].exists()
     with rasterio.open(tmp_path / "again.tif") as ds:
         assert np.array_equal(ds.read(1), labels["int8"])
-    # a damaged package is compiled again rather than failing the job
+    # a damaged package is compiled again rather than failing the job (the compiler's work stood in for by the
+    # good package, which the first run already showed it builds)
+    good = tmp_path / "good.pt2"
+    shutil.copy(packages[0], good)
     packages[0].write_bytes(b"not a package")
     quantize._loaded.clear()
+    rebuilt = []
+    monkeypatch.setattr(quantize, "_compile", lambda *args: (rebuilt.append(args[-1]), shutil.copy(good, args[-1])))
     res = segment(CROP, str(tmp_path / "repaired.tif"), model, log=lambda m: None,
                   options=SegmentOptions(device="cpu", precision="int8"))
     with rasterio.open(res.class_path) as ds:
         assert np.array_equal(ds.read(1), labels["int8"])
+    assert rebuilt == [str(packages[0])]
 
 
 def test_an_int8_batch_shorter_than_the_compiled_one_runs_unpadded_with_the_same_scores(cache, tiny_int8):
