@@ -53,6 +53,16 @@ def band_count(layer) -> int:
     return layer.bandCount()
 
 
+def band_descriptions(layer) -> tuple[str, ...]:
+    """Each band's description as GDAL has it: QGIS names a described band "Band 1: B2", an undescribed one
+    "Band 1"."""
+    names = []
+    for i in range(1, layer.bandCount() + 1):
+        _, sep, description = layer.bandName(i).partition(": ")
+        names.append(description if sep else "")
+    return tuple(names)
+
+
 def safe_source(layer) -> str:
     """The layer's source for logs and reports, without a password a service URI may carry."""
     return QgsDataSourceUri.removePassword(layer.source())

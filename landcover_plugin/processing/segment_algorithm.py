@@ -28,7 +28,17 @@ from ..core.model.device import PRECISIONS  # no torch at import
 from .algorithm import DEVICES, LandcoverAlgorithm, engine_warnings, model_parameter
 from .compat import POLYGON_WKB
 from .dependencies import require_engine
-from .layer_source import band_count, check_disk, fetch, grid_over, has_native_grid, is_local_file, remove, safe_source
+from .layer_source import (
+    band_count,
+    band_descriptions,
+    check_disk,
+    fetch,
+    grid_over,
+    has_native_grid,
+    is_local_file,
+    remove,
+    safe_source,
+)
 from .polygon_output import PolygonOutput, polygon_fields
 
 SEGMENT_DEVICES = [*DEVICES, "cuda:all"]  # appended: a saved model's index of a device keeps its meaning
@@ -210,7 +220,8 @@ class SegmentAlgorithm(LandcoverAlgorithm):
             spec = read_spec(resolve_model_path(self.parameterAsFile(parameters, self.MODEL, context) or None))
             if layer is None:
                 return True, ""  # QGIS's own check has spoken
-            chosen_bands(self.parameterAsInts(parameters, self.BANDS, context) or None, band_count(layer), spec)
+            chosen_bands(self.parameterAsInts(parameters, self.BANDS, context) or None, band_count(layer), spec,
+                         band_descriptions(layer))
             if self._input_grid(parameters, context, layer, spec.gsd) is None and parameters.get(self.EXTENT) \
                     and layer.crs().isValid():
                 r, e = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs()), layer.extent()

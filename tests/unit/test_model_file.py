@@ -42,7 +42,8 @@ def test_metadata_has_the_design_fields(tmp_path):
     for key in ("format_version", "architecture", "classes", "input", "gsd", "tile_size", "overlap", "training"):
         assert key in doc
     assert doc["gsd"] == 0.5 and doc["classes"][1]["name"] == "building"
-    assert set(doc["input"]) == {"bands", "mean", "std"}
+    assert set(doc["input"]) == {"bands", "mean", "std", "transform"}
+    assert doc["input"]["transform"] == {"name": "standardize"} and doc["alignment"] == 1
 
 
 class _Evil:

@@ -36,6 +36,7 @@ class PartJob:
     scale: float
     mean: tuple
     std: tuple
+    fill: tuple  # raw values nodata pixels are given (transforms.neutral_values)
     tile: int
     overlap: int
     batch_size: int  # 0: chosen on each device
@@ -211,7 +212,7 @@ def run_rows(job: PartJob, part: Part, emit, progress, stop, network=None, predi
     key = (id(network), str(device), batch, job.precision, job.tta, job.tile, job.overlap)
     predictor = (predictors or {}).get(key)
     with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"), rasterio.open(job.input_path) as src:
-        reader = WindowReader(src, job.bands, job.region, job.scale, job.mean)
+        reader = WindowReader(src, job.bands, job.region, job.scale, job.fill)
         if predictor is None:
             predictor = Predictor(network, job.mean, job.std, blend_weights(job.tile, job.overlap), device, batch,
                                   job.tta, job.precision)

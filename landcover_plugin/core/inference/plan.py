@@ -9,9 +9,11 @@ from dataclasses import dataclass
 from rasterio.windows import transform as window_transform
 
 from ..errors import InputError
+from ..io.bands import match_bands
 from ..io.geo import GroundGeometry, ground_geometry
 from ..io.reader import Region
 from ..model.spec import ModelSpec
+from .windows import pad
 
 GSD_TOLERANCE = 0.10  # resolutions this close to the model's are classified unresampled
 MIN_TILE = 32
@@ -49,7 +51,7 @@ class Plan:
 def plan(src, spec: ModelSpec, opts: SegmentOptions) -> Plan:
     """The plan for a raster whose header `src` gives (count, width, height, transform, crs, as a rasterio
     dataset has them); InputError where the options do not fit the raster or the model."""
-    bands = chosen_bands(opts.bands, src.count, spec)
+    bands, matched = match_bands(spec.bands, src.count, getattr(src, "descriptions", ()), opts.bands)
     region = region_of_extent(opts.extent, src.transform, src.width, src.height)
     transform = window_transform(region.window, src.transform)
     geometry = ground_geometry(src.crs, transform, region.height, region.width)
@@ -59,21 +61,15 @@ def plan(src, spec: ModelSpec, opts: SegmentOptions) -> Plan:
     notes = () if scale == 1.0 else (
         f"The raster's resolution is {geometry.gsd:.3g} m and the model's {spec.gsd:.3g} m: windows are "
         f"resampled by {scale:.3g}.",)
+    notes += (matched,) if matched else ()
     tile, overlap = tiling(opts, spec)
     return Plan(bands, region, transform, src.crs, geometry, scale, tile, overlap, warnings, notes)
 
 
-def chosen_bands(bands, count: int, spec: ModelSpec) -> tuple[int, ...]:
-    """The 1-based bands a raster of `count` bands gives the model: `bands` where chosen, else the model's."""
-    bands = tuple(bands) if bands else spec.bands
-    if len(bands) != spec.in_channels:
-        raise InputError(f"The model expects {spec.in_channels} input bands but {len(bands)} were chosen; "
-                         f"choose {spec.in_channels} bands.")
-    bad = [b for b in bands if not 1 <= b <= count]
-    if bad:
-        raise InputError(f"Band {bad[0]} does not exist: the raster has {count} band(s); choose bands from 1 to "
-                         f"{count} ({spec.in_channels} of them, in the order the model expects).")
-    return bands
+def chosen_bands(bands, count: int, spec: ModelSpec, descriptions=()) -> tuple[int, ...]:
+    """The 1-based bands a raster of `count` bands gives the model: `bands` where chosen, else the model's
+    (by name where the model names them)."""
+    return match_bands(spec.bands, count, descriptions, bands)[0]
 
 
 def region_of_extent(extent, transform, width: int, height: int) -> Region:
@@ -113,6 +109,13 @@ def tiling(opts: SegmentOptions, spec: ModelSpec) -> tuple[int, int]:
         raise InputError(f"The tile size must be at least {MIN_TILE} pixels.")
     if overlap < 0 or overlap * 2 >= tile:
         raise InputError(f"The overlap ({overlap}) must be at least 0 and less than half the tile size ({tile}).")
+    a = spec.alignment
+    if a > 1 and (pad(overlap) % a or (tile - overlap) % a):
+        # windows start at -pad(overlap) + k (tile - overlap): a network that resamples by a gives other
+        # labels on windows that start elsewhere
+        raise InputError(f"This model needs its windows to start on multiples of {a} pixels, which a tile size "
+                         f"of {tile} with an overlap of {overlap} does not give; choose another (the model's own "
+                         f"are {spec.tile_size} and {spec.overlap}).")
     return tile, overlap
 
 

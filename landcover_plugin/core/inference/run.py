@@ -25,6 +25,7 @@ from ..model.device import (
 )
 from ..model.precision import Decision, Hardware, decide
 from ..model.spec import ModelSpec
+from ..model.transforms import neutral_values
 from .multidevice import PartJob, run_parts, split_rows
 from .plan import Plan, SegmentOptions
 from .rowbuffer import BackgroundWriter
@@ -122,7 +123,7 @@ def make_predictor(network, spec: ModelSpec, plan: Plan, device, batch: int, opt
 def run(plan: Plan, spec: ModelSpec, opts: SegmentOptions, network, src, mask_src, class_path: str,
         conf_path: str | None, files, progress, cancel, log, watch) -> Ran:
     """Classify the plan's region of `src` into class_path (and conf_path), both written whole here."""
-    reader = WindowReader(src, plan.bands, plan.region, plan.scale, spec.mean)
+    reader = WindowReader(src, plan.bands, plan.region, plan.scale, neutral_values(spec))
     ex = execution(plan, spec, opts, network, reader, log)
     region = plan.region
     log(f"Device {ex.where}, precision {ex.decision.describe()}, batch size {ex.batch}, tile {plan.tile}, "
@@ -176,6 +177,7 @@ class _Rows:
     def _part_job(self, sink_plan) -> PartJob:
         plan, spec, opts = self.plan, self.spec, self.opts
         return PartJob(self.path, plan.bands, plan.region, plan.scale, tuple(spec.mean), tuple(spec.std),
+                       neutral_values(spec),
                        plan.tile, plan.overlap, opts.batch_size, spec.base_width, opts.tta, self.ex.precision,
                        spec.num_classes, sink_plan, self.network)
 

@@ -30,9 +30,16 @@ logger = logging.getLogger("landcover.model")
 
 
 def build_network(spec: ModelSpec):
-    from .unet import UNet
+    if spec.architecture == "dynamic_world":
+        from .dynamic_world import DynamicWorldNet
 
-    return UNet(spec.in_channels, spec.num_classes, spec.base_width, spec.depth)
+        network = DynamicWorldNet(spec.in_channels, spec.num_classes)
+    else:
+        from .unet import UNet
+
+        network = UNet(spec.in_channels, spec.num_classes, spec.base_width, spec.depth)
+    network.input_transform = dict(spec.transform)  # how the engine turns raw values into the network's input
+    return network
 
 
 def save_model(path: str, network, spec: ModelSpec, half: bool = False, calibration=None,
@@ -185,13 +192,19 @@ def load_model(path: str):
                   else f"wrong shape for {wrong[:3]}")
         raise ModelFileError(
             f"The weights in {_name(path)} do not match its declared architecture "
-            f"(unet, base width {spec.base_width}, depth {spec.depth}, {spec.in_channels} bands, "
+            f"({_architecture(spec)}, {spec.in_channels} bands, "
             f"{spec.num_classes} classes): {detail}.")
     network.load_state_dict(state, strict=True)
     network.eval()
     # A plain attribute, not a buffer: the windows are data about the network, not part of its state.
     network.calibration_windows = None if calibration is None else calibration.numpy()
     return network, spec
+
+
+def _architecture(spec) -> str:
+    if spec.architecture == "unet":
+        return f"unet, base width {spec.base_width}, depth {spec.depth}"
+    return spec.architecture
 
 
 def _name(path: str) -> str:

@@ -54,7 +54,10 @@ def decide(requested: str, hardware: Hardware, network, spec, pixels: int) -> De
         return Decision(choose_precision(_device(hardware), requested, bf16_gpu=hardware.bf16), "asked for")
     if hardware.kind == "mixed":
         return Decision("fp32", "auto: the cluster's workers mix GPUs and CPUs, and fp32 is what both compute alike")
+    half, why = half_faithful(spec)
     if hardware.kind == "cuda":
+        if not half:
+            return Decision("fp32", f"auto: {why}")
         return Decision(choose_precision(_device(hardware), "auto"), "auto: the GPU's half precision")
     pays, why_not = int8_verdict(hardware, network, spec, pixels)
     if pays:
@@ -63,8 +66,20 @@ def decide(requested: str, hardware: Hardware, network, spec, pixels: int) -> De
                                 f"{100 * agreement:.2f}% of held-out pixels, and the raster has {pixels / 1e6:.1f} MP, "
                                 f"at least the {quantize.INT8_MIN_PIXELS / 1e6:g} MP from which int8 repays its set-up")
     if hardware.bf16:
+        if not half:
+            return Decision("fp32", f"auto: {why}")
         return Decision("bf16", "auto: the CPU has bf16 kernels, where bf16 runs about as fast as int8")
     return Decision("fp32", f"auto: the CPU has no bf16 kernels, and int8 does not run here: {why_not}")
+
+
+def half_faithful(spec) -> tuple[bool, str]:
+    """Whether auto may run the model in half precision: unless its file records a bf16 agreement with fp32
+    under int8's bar (99.5%), as Dynamic World's does (its sigmoid inputs and resampling lose labels)."""
+    record = spec.training.get("bf16") if isinstance(spec.training, dict) else None
+    agreement = record.get("agreement") if isinstance(record, dict) else None
+    if isinstance(agreement, (int, float)) and agreement < quantize.INT8_MIN_AGREEMENT:
+        return False, f"the model file records bf16 labels agreeing with fp32's on only {100 * agreement:.2f}%"
+    return True, ""
 
 
 def int8_verdict(hardware: Hardware, network, spec, pixels: int) -> tuple[bool, str]:

@@ -5,6 +5,7 @@ import numpy as np
 
 from ..errors import InputError
 from .device import BF16_FLOAT_LAYERS, amp_dtype, torch_or_error
+from .transforms import normalize
 
 
 class Predictor:
@@ -31,6 +32,7 @@ class Predictor:
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.weights = torch.from_numpy(weights).to(device)
+        self.transform = getattr(network, "input_transform", None)
         self._staging = None  # pinned host buffer, reused so that every batch is not pinned anew
         self._copied = None  # CUDA event: the staging buffer's last copy to the device has finished
 
@@ -65,7 +67,7 @@ class Predictor:
             x = staged.to(self.device, non_blocking=True)
             self._copied = torch.cuda.Event()
             self._copied.record()
-        x = ((x.float() - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        x = normalize(x.float(), self.mean, self.std, self.transform).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp or torch.float32,
                                                     enabled=self.amp is not None):
             probs = self._tta(x) if self.tta else torch.softmax(self._forward(x).float(), dim=1)

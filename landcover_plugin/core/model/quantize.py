@@ -193,11 +193,13 @@ def quantized(network, windows, mean, std):
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
 
+    from .transforms import normalize
     from .unet import with_depth_to_space
 
+    transform = getattr(network, "input_transform", None)
     network = with_depth_to_space(network)
     x = torch.from_numpy(windows.astype("float32"))
-    x = (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    x = normalize(x, torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1), transform)
     batch, rows, cols = Dim("batch", min=1, max=4096), Dim("rows", min=1, max=1024), Dim("cols", min=1, max=1024)
     with torch.no_grad():
         # calibrated on windows of another size than the tiles: the export keeps sizes dynamic

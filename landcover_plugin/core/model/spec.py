@@ -9,7 +9,10 @@ from ..errors import ModelFileError
 from .classes import LandClass, parse_classes
 
 FORMAT_VERSION = 1
-ARCHITECTURES = ("unet",)
+ARCHITECTURES = ("unet", "dynamic_world")
+# Input transforms a model file can name (their constants are the file's mean and std): "standardize" is
+# (x - mean) / std; "log_sigmoid" is sigmoid((log(1 + log_scale * x) - mean) / std), Dynamic World's.
+TRANSFORMS = ("standardize", "log_sigmoid")
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,7 @@ class ModelSpec:
     """Everything the engine needs to know about a model besides its weights."""
 
     classes: tuple[LandClass, ...]
-    bands: tuple[int, ...]
+    bands: tuple[int | str, ...]  # 1-based band numbers, or band names matched to the raster's
     mean: tuple[float, ...]
     std: tuple[float, ...]
     base_width: int = 32
@@ -44,6 +47,8 @@ class ModelSpec:
     training: dict = field(default_factory=dict)
     name: str = "land-cover U-Net"
     polygons: PolygonDefaults = field(default_factory=lambda: PolygonDefaults())
+    transform: dict = field(default_factory=lambda: {"name": "standardize"})
+    alignment: int = 1  # window origins on multiples of this (a network that resamples by 2 needs 2)
 
     @property
     def in_channels(self) -> int:
@@ -68,8 +73,10 @@ class ModelSpec:
                 "depth": self.depth,
             },
             "classes": [c.to_dict() for c in self.classes],
-            "input": {"bands": list(self.bands), "mean": list(self.mean), "std": list(self.std)},
+            "input": {"bands": list(self.bands), "mean": list(self.mean), "std": list(self.std),
+                      "transform": dict(self.transform)},
             "gsd": self.gsd,
+            "alignment": self.alignment,
             "tile_size": self.tile_size,
             "overlap": self.overlap,
             "training": self.training,
@@ -109,18 +116,16 @@ def parse_spec(doc, where: str = "model file") -> ModelSpec:
         raise ModelFileError(f"{where} declares an unknown architecture; supported: {', '.join(ARCHITECTURES)}.")
     in_ch = _int(arch, "in_channels", "architecture", 1, 64)
     n_cls = _int(arch, "num_classes", "architecture", 1, 255)
-    base = _int(arch, "base_width", "architecture", 1, 1024)
-    depth = _int(arch, "depth", "architecture", 1, 7)
+    unet = arch["name"] == "unet"
+    base = _int(arch, "base_width", "architecture", 1, 1024) if unet else 32
+    depth = _int(arch, "depth", "architecture", 1, 7) if unet else 1
     classes = parse_classes(doc.get("classes"), where)
     if len(classes) != n_cls:
         raise ModelFileError(f"{where} declares {n_cls} classes but lists {len(classes)}.")
     inp = doc.get("input")
     if not isinstance(inp, dict):
         raise ModelFileError(f"The metadata of {where} has no \"input\" section (bands, mean, std).")
-    bands = inp.get("bands")
-    if (not isinstance(bands, list) or len(bands) != in_ch
-            or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in bands)):
-        raise ModelFileError(f"The model metadata needs input.bands as {in_ch} band numbers (1-based).")
+    bands = _bands(inp.get("bands"), in_ch)
     mean = _numbers(inp.get("mean"), in_ch, "mean")
     std = _numbers(inp.get("std"), in_ch, "std")
     if any(s <= 0 for s in std):
@@ -128,15 +133,41 @@ def parse_spec(doc, where: str = "model file") -> ModelSpec:
     gsd = doc.get("gsd")
     if gsd is not None and (not isinstance(gsd, (int, float)) or isinstance(gsd, bool) or not 0 < gsd < 1e6):
         raise ModelFileError("The model metadata's gsd must be a positive number of metres or null.")
-    tile = _int(doc, "tile_size", "the metadata", 2 ** depth, 8192)
+    alignment = _int(doc, "alignment", "the metadata", 1, 64) if "alignment" in doc else 1
+    tile = _int(doc, "tile_size", "the metadata", max(2 ** depth, 2 * alignment), 8192)
     overlap = _int(doc, "overlap", "the metadata", 0, tile // 2 - 1)
     training = doc.get("training", {})
     if not isinstance(training, dict):
         raise ModelFileError("The model metadata's training section must be an object.")
     name = doc.get("name") if isinstance(doc.get("name"), str) else "land-cover U-Net"
-    return ModelSpec(classes=classes, bands=tuple(bands), mean=mean, std=std, base_width=base, depth=depth,
-                     gsd=float(gsd) if gsd is not None else None, tile_size=tile, overlap=overlap,
-                     training=training, name=name, polygons=_parse_polygons(doc.get("polygons"), classes))
+    return ModelSpec(classes=classes, bands=bands, mean=mean, std=std, base_width=base, depth=depth,
+                     architecture=arch["name"], gsd=float(gsd) if gsd is not None else None, tile_size=tile,
+                     overlap=overlap, training=training, name=name,
+                     polygons=_parse_polygons(doc.get("polygons"), classes),
+                     transform=_transform(inp.get("transform")), alignment=alignment)
+
+
+def _bands(bands, n) -> tuple[int | str, ...]:
+    numbers = isinstance(bands, list) and all(isinstance(b, int) and not isinstance(b, bool) and b >= 1
+                                              for b in bands)
+    names = isinstance(bands, list) and all(isinstance(b, str) and b.strip() for b in bands)
+    if not (numbers or names) or len(bands) != n or len(set(bands)) != n:
+        raise ModelFileError(f"The model metadata needs input.bands as {n} different band numbers (1-based) or "
+                             f"band names.")
+    return tuple(bands)
+
+
+def _transform(doc) -> dict:
+    if doc is None:
+        return {"name": "standardize"}
+    if not isinstance(doc, dict) or doc.get("name") not in TRANSFORMS:
+        raise ModelFileError(f"The model metadata's input.transform must name one of {', '.join(TRANSFORMS)}.")
+    if doc["name"] == "log_sigmoid":
+        scale = doc.get("log_scale")
+        if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not 0 < scale < 1e6:
+            raise ModelFileError("The model metadata's log_sigmoid transform needs a positive log_scale.")
+        return {"name": "log_sigmoid", "log_scale": float(scale)}
+    return {"name": "standardize"}
 
 
 def _parse_polygons(doc, classes) -> PolygonDefaults:

@@ -30,6 +30,9 @@ def start_model(cfg: TrainConfig, classes, n_bands: int, log):
         net, spec = load_model(cfg.init)
     except ModelFileError as exc:
         raise InputError(f"The starting model: {exc}") from None
+    if spec.architecture != "unet":
+        raise InputError(f"Training starts from U-Net models only; {name} ({spec.name}) is not one. Choose another "
+                         "starting model or train from scratch.")
     if spec.in_channels != n_bands:
         raise InputError(f"The starting model {name} takes {spec.in_channels} bands, but {n_bands} are given; "
                          "choose bands to match it, or train from scratch.")

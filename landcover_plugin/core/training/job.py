@@ -194,18 +194,30 @@ def load_labelled(pairs, classes, bands, gsd, hooks) -> list[Labelled]:
     return items
 
 
-def run(job: TrainJob, hooks=None) -> JobResult:
-    """Train as the job says; raises InputError before anything is written when the inputs do not fit."""
+def _starting_spec(job: TrainJob):
+    """The starting model's spec (None from scratch), its path resolved in `job`; a model training cannot
+    start from is refused."""
     from ..model.bundled import resolve_model_path
     from ..model.model_file import read_spec
+
+    if job.from_scratch:
+        return None
+    job.init = resolve_model_path(job.init)
+    spec = read_spec(job.init) if job.init else None
+    if spec is not None and spec.architecture != "unet":
+        raise InputError(f"Training starts from U-Net models only; {spec.name} is not one. Choose another "
+                         "starting model or train from scratch.")
+    return spec
+
+
+def run(job: TrainJob, hooks=None) -> JobResult:
+    """Train as the job says; raises InputError before anything is written when the inputs do not fit."""
     from .config import Hooks, TrainConfig, fine_tuning_config
     from .trainer import train
 
     hooks = hooks or Hooks()
     started = time.perf_counter()
-    if not job.from_scratch:
-        job.init = resolve_model_path(job.init)
-    init_spec = read_spec(job.init) if job.init and not job.from_scratch else None
+    init_spec = _starting_spec(job)
     bands = tuple(job.bands or (init_spec.bands if init_spec else (1, 2, 3)))
     check_rasters(job.rasters, bands)
     if job.validation < 0 or job.validation > 0.5:
