@@ -51,7 +51,10 @@ def slide(reader, predictor, num_classes: int, tile: int, overlap: int, sink, pr
         for done, items in enumerate(readers.ahead(batches, cancel), 1):
             valid = [data for _, _, data, ok in items if ok]
             with watch.stage("infer"):
-                scores = iter(predictor(np.stack(valid)) if valid else ())
+                crops = _crops(items, ys, xs, tile, reader.height, reader.width) if getattr(
+                    predictor, "clip_edges", False) else None
+                scores = iter((predictor(np.stack(valid), crops) if crops else predictor(np.stack(valid)))
+                              if valid else ())
             with watch.stage("blend"):
                 for k, j, _, ok in items:
                     window_scores = next(scores) if ok else None
@@ -60,6 +63,17 @@ def slide(reader, predictor, num_classes: int, tile: int, overlap: int, sink, pr
             progress(done / len(batches))
     finally:
         readers.close()
+
+
+def _crops(items, ys, xs, tile: int, height: int, width: int) -> list:
+    """Per valid window, None where it lies inside the image, else (row0, row1, col0, col1) of its part that does."""
+    crops = []
+    for k, j, _, ok in items:
+        if ok:
+            y, x = int(ys[k]), int(xs[j])
+            r0, r1, c0, c1 = max(0, -y), min(tile, height - y), max(0, -x), min(tile, width - x)
+            crops.append(None if (r0, r1, c0, c1) == (0, tile, 0, tile) else (r0, r1, c0, c1))
+    return crops
 
 
 class _Readers:

@@ -39,6 +39,7 @@ def build_network(spec: ModelSpec):
 
         network = UNet(spec.in_channels, spec.num_classes, spec.base_width, spec.depth)
     network.input_transform = dict(spec.transform)  # how the engine turns raw values into the network's input
+    network.edges = spec.edges
     return network
 
 

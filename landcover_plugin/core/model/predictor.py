@@ -33,12 +33,18 @@ class Predictor:
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.weights = torch.from_numpy(weights).to(device)
         self.transform = getattr(network, "input_transform", None)
+        # windows crossing the raster's edge run on their part inside it (slide passes the crops)
+        self.clip_edges = getattr(network, "edges", "mirror") == "network"
         self._staging = None  # pinned host buffer, reused so that every batch is not pinned anew
         self._copied = None  # CUDA event: the staging buffer's last copy to the device has finished
 
-    def __call__(self, batch: np.ndarray):
+    def __call__(self, batch: np.ndarray, crops=None):
         """batch: (n, bands, tile, tile) of uint8, int16 or float32 -> weighted probabilities, a float32 tensor
-        (n, classes, tile, tile) left on the device for blending there."""
+        (n, classes, tile, tile) left on the device for blending there. crops: per window None, or the
+        (row0, row1, col0, col1) of it inside the raster, which alone the network then sees (its scores
+        elsewhere are 0)."""
+        if crops is not None and any(c is not None for c in crops):
+            return self._with_crops(batch, crops)
         out = []
         i = 0
         while i < len(batch):
@@ -53,6 +59,21 @@ class Predictor:
                 self.batch_size = max(1, self.batch_size // 2)
                 self.torch.cuda.empty_cache()
         return self.torch.cat(out) if len(out) > 1 else out[0]
+
+    def _with_crops(self, batch: np.ndarray, crops):
+        torch = self.torch
+        whole = [i for i, c in enumerate(crops) if c is None]
+        results = dict(zip(whole, self(batch[whole]))) if whole else {}
+        for i, (r0, r1, c0, c1) in ((i, c) for i, c in enumerate(crops) if c is not None):
+            x = torch.from_numpy(np.ascontiguousarray(batch[i:i + 1, :, r0:r1, c0:c1])).to(self.device)
+            x = normalize(x.float(), self.mean, self.std, self.transform)
+            with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp or torch.float32,
+                                                        enabled=self.amp is not None):
+                probs = self._tta(x) if self.tta else torch.softmax(self.net(x).float(), dim=1)
+            full = torch.zeros((probs.shape[1], *batch.shape[2:]), dtype=torch.float32, device=self.device)
+            full[:, r0:r1, c0:c1] = probs[0].float()
+            results[i] = full * self.weights
+        return torch.stack([results[i] for i in range(len(batch))])
 
     def _run(self, part: np.ndarray) -> np.ndarray:
         torch = self.torch

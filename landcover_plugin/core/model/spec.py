@@ -49,6 +49,9 @@ class ModelSpec:
     polygons: PolygonDefaults = field(default_factory=lambda: PolygonDefaults())
     transform: dict = field(default_factory=lambda: {"name": "standardize"})
     alignment: int = 1  # window origins on multiples of this (a network that resamples by 2 needs 2)
+    # at the raster's edges: "mirror" the raster (the U-Nets), or "network": the network's own zero padding, as
+    # the model's whole-image runs had it (windows crossing an edge run on their part inside the raster)
+    edges: str = "mirror"
 
     @property
     def in_channels(self) -> int:
@@ -77,6 +80,7 @@ class ModelSpec:
                       "transform": dict(self.transform)},
             "gsd": self.gsd,
             "alignment": self.alignment,
+            "edges": self.edges,
             "tile_size": self.tile_size,
             "overlap": self.overlap,
             "training": self.training,
@@ -144,7 +148,14 @@ def parse_spec(doc, where: str = "model file") -> ModelSpec:
                      architecture=arch["name"], gsd=float(gsd) if gsd is not None else None, tile_size=tile,
                      overlap=overlap, training=training, name=name,
                      polygons=_parse_polygons(doc.get("polygons"), classes),
-                     transform=_transform(inp.get("transform")), alignment=alignment)
+                     transform=_transform(inp.get("transform")), alignment=alignment, edges=_edges(doc))
+
+
+def _edges(doc) -> str:
+    edges = doc.get("edges", "mirror")
+    if edges not in ("mirror", "network"):
+        raise ModelFileError("The model metadata's edges must be \"mirror\" or \"network\".")
+    return edges
 
 
 def _bands(bands, n) -> tuple[int | str, ...]:
