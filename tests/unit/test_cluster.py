@@ -295,3 +295,30 @@ def test_auto_runs_the_same_precision_and_map_in_one_process_and_on_a_cluster_co
     runs = [run("cluster-cold", "--workers", "2", "--block-size", "700"), run("one-warm")]
     assert [r[0] for r in runs] == ["int8"] * 2 and "2 MP" in runs[0][1] and runs[0][1] == runs[1][1]
     assert (runs[0][2] == runs[1][2]).all()
+
+
+def test_dynamic_world_in_blocks_equals_one_process(cluster, tmp_path):
+    """A model whose edge windows run cropped (edges "network") and must start on even pixels: 1100 rows in
+    three blocks give the one-process map."""
+    from distributed import Client
+
+    from landcover_plugin.core.model.bundled import resolve_model_path
+    from landcover_plugin.core.model.model_file import load_model
+
+    dn = np.load(os.path.join(ROOT, "tests", "data", "dynamic_world", "tf_reference.npz"))["dn"]
+    data = np.concatenate([dn, dn[:, ::-1]] * 4, axis=1)[:, :1100, :150]
+    path = str(tmp_path / "s2.tif")
+    with rasterio.open(path, "w", driver="GTiff", width=150, height=1100, count=9, dtype="uint16",
+                       crs="EPSG:32643", transform=from_origin(500000, 3370000, 10, 10)) as ds:
+        ds.write(data)
+    dw = load_model(resolve_model_path("dynamic_world"))
+    options = SegmentOptions(precision="fp32", device="cpu", tile_size=128, overlap=48)
+    one = segment(path, str(tmp_path / "one.tif"), dw, options=options)
+    with Client(cluster.scheduler_address) as client:
+        blocks = segment(path, str(tmp_path / "blocks.tif"), dw, options=SegmentOptions(
+            precision="fp32", device="cpu", tile_size=128, overlap=48,
+            cluster=Cluster(client, str(tmp_path / "spool"), block_size=256)))
+    from landcover_plugin.core.inference.cluster import plan_blocks
+
+    assert len(plan_blocks(1100, 150, 256, 128)) == 3
+    assert (_read(one.class_path) == _read(blocks.class_path)).all()
