@@ -132,7 +132,7 @@ def spec_for():
     std = tuple(p70 / 5 for _, p70 in PERCENTILES)
     return ModelSpec(
         classes=tuple(LandClass(i, n, c) for i, (n, c) in enumerate(CLASSES)), bands=BANDS, mean=mean, std=std,
-        architecture="dynamic_world", gsd=10.0, tile_size=512, overlap=96, alignment=2, edges="network",
+        architecture="dynamic_world", gsd=10.0, tile_size=512, overlap=96, alignment=2, edges="network", level="L1C",
         transform={"name": "log_sigmoid", "log_scale": 0.005}, name="Dynamic World (Sentinel-2, 10 m)",
         polygons=PolygonDefaults(None, 300.0, 5.0),
         training={"data": "Google's Dynamic World model (Brown et al. 2022, doi 10.1038/s41597-022-01307-4), "

@@ -30,6 +30,8 @@ def parse_args(argv=None):
     p.add_argument("--polygon-classes", type=int, nargs="+", help="class ids outlined as polygons (default: all)")
     p.add_argument("--min-area", type=float, help="default smallest region, m²")
     p.add_argument("--simplify", type=float, help="default simplification tolerance, m")
+    p.add_argument("--input-level", choices=("L1C", "L2A"),
+                   help="the Sentinel-2 processing level the model reads (Segment warns on another)")
     p.add_argument("--training", action="append", default=[], metavar="KEY=VALUE",
                    help="set training.KEY to VALUE (JSON, else the text)")
     p.add_argument("--calibration", nargs=2, metavar=("IMAGES", "MASKS"),
@@ -71,6 +73,8 @@ def main(argv=None) -> int:
     path = resolve_model_path(args.model)
     spec = read_spec(path)
     changes = {}
+    if args.input_level:
+        changes["level"] = args.input_level
     if args.name:
         changes["name"] = args.name
     if args.polygon_classes or args.min_area is not None or args.simplify is not None:

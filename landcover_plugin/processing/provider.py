@@ -30,9 +30,11 @@ class LandcoverProvider(QgsProcessingProvider):
 
     def loadAlgorithms(self):  # noqa: N802
         from .evaluate_algorithm import EvaluateAlgorithm
+        from .prepare_sentinel2_algorithm import PrepareSentinel2Algorithm
         from .segment_algorithm import SegmentAlgorithm
         from .train_algorithm import TrainAlgorithm
 
         self.addAlgorithm(SegmentAlgorithm())
         self.addAlgorithm(EvaluateAlgorithm())
         self.addAlgorithm(TrainAlgorithm())
+        self.addAlgorithm(PrepareSentinel2Algorithm())

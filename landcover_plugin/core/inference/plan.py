@@ -3,7 +3,6 @@ read or any network runs: bands, the region an extent covers, ground geometry, r
 the polygon settings. Pure: no torch, no pixels read, so the QGIS side checks parameters with the same code."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from rasterio.windows import transform as window_transform
@@ -11,7 +10,7 @@ from rasterio.windows import transform as window_transform
 from ..errors import InputError
 from ..io.bands import match_bands
 from ..io.geo import GroundGeometry, ground_geometry
-from ..io.reader import Region
+from ..io.reader import Region, region_of_extent  # noqa: F401  (the QGIS side checks extents with it)
 from ..model.spec import ModelSpec
 from .windows import pad
 
@@ -62,34 +61,28 @@ def plan(src, spec: ModelSpec, opts: SegmentOptions) -> Plan:
         f"The raster's resolution is {geometry.gsd:.3g} m and the model's {spec.gsd:.3g} m: windows are "
         f"resampled by {scale:.3g}.",)
     notes += (matched,) if matched else ()
+    warnings += _level_warnings(spec, src, matched)
     tile, overlap = tiling(opts, spec)
     return Plan(bands, region, transform, src.crs, geometry, scale, tile, overlap, warnings, notes)
+
+
+def _level_warnings(spec: ModelSpec, src, matched: str | None) -> tuple[str, ...]:
+    """A Sentinel-2 model fed another processing level: what prepare_sentinel2 recorded, or a 12-band stack
+    (sen2cor's, without B10) read by the standard order."""
+    tags = src.tags() if callable(getattr(src, "tags", None)) else {}
+    level = tags.get("S2_LEVEL") if tags.get("S2_LEVEL") in ("L1C", "L2A") else None
+    if level is None and matched and "L2A stack" in matched:
+        level = "L2A"
+    if not spec.level or level in (None, spec.level):
+        return ()
+    return (f"The raster is Sentinel-2 {level} but {spec.name} reads {spec.level}: its classes will be off (on "
+            f"the same acquisition, L2A and L1C agreed on 49% of the pixels); use the {spec.level} product.",)
 
 
 def chosen_bands(bands, count: int, spec: ModelSpec, descriptions=()) -> tuple[int, ...]:
     """The 1-based bands a raster of `count` bands gives the model: `bands` where chosen, else the model's
     (by name where the model names them)."""
     return match_bands(spec.bands, count, descriptions, bands)[0]
-
-
-def region_of_extent(extent, transform, width: int, height: int) -> Region:
-    """The pixels of a width x height raster (affine `transform`) that `extent` (xmin, ymin, xmax, ymax
-    in the raster's CRS) covers, snapped outwards to whole pixels; the whole raster without an extent."""
-    if not extent:
-        return Region(0, 0, width, height)
-    xmin, ymin, xmax, ymax = extent
-    if not (xmax > xmin and ymax > ymin):
-        raise InputError("The extent is empty; give xmin < xmax and ymin < ymax.")
-    inverse = ~transform
-    corners = [inverse * (x, y) for x in (xmin, xmax) for y in (ymin, ymax)]
-    cols, rows = [c for c, _ in corners], [r for _, r in corners]
-    # snap outwards to whole pixels, forgiving rounding noise in the coordinates
-    c0, r0 = max(0, math.floor(min(cols) + 1e-6)), max(0, math.floor(min(rows) + 1e-6))
-    c1, r1 = min(width, math.ceil(max(cols) - 1e-6)), min(height, math.ceil(max(rows) - 1e-6))
-    if c1 <= c0 or r1 <= r0:
-        raise InputError("The extent does not overlap the raster; choose an extent inside the layer "
-                         "(in the layer's CRS).")
-    return Region(c0, r0, c1 - c0, r1 - r0)
 
 
 def resample_scale(model_gsd: float | None, raster_gsd: float | None) -> float:

@@ -7,11 +7,14 @@ raster pixel).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from rasterio.enums import Resampling
 from rasterio.windows import Window
+
+from ..errors import InputError
 
 _COMPACT = (np.dtype(np.uint8), np.dtype(np.int16), np.dtype(np.float32))
 
@@ -37,6 +40,26 @@ class Region:
     @property
     def window(self) -> Window:
         return Window(self.col_off, self.row_off, self.width, self.height)
+
+
+def region_of_extent(extent, transform, width: int, height: int) -> Region:
+    """The pixels of a width x height raster (affine `transform`) that `extent` (xmin, ymin, xmax, ymax
+    in the raster's CRS) covers, snapped outwards to whole pixels; the whole raster without an extent."""
+    if not extent:
+        return Region(0, 0, width, height)
+    xmin, ymin, xmax, ymax = extent
+    if not (xmax > xmin and ymax > ymin):
+        raise InputError("The extent is empty; give xmin < xmax and ymin < ymax.")
+    inverse = ~transform
+    corners = [inverse * (x, y) for x in (xmin, xmax) for y in (ymin, ymax)]
+    cols, rows = [c for c, _ in corners], [r for _, r in corners]
+    # snap outwards to whole pixels, forgiving rounding noise in the coordinates
+    c0, r0 = max(0, math.floor(min(cols) + 1e-6)), max(0, math.floor(min(rows) + 1e-6))
+    c1, r1 = min(width, math.ceil(max(cols) - 1e-6)), min(height, math.ceil(max(rows) - 1e-6))
+    if c1 <= c0 or r1 <= r0:
+        raise InputError("The extent does not overlap the raster; choose an extent inside the layer "
+                         "(in the layer's CRS).")
+    return Region(c0, r0, c1 - c0, r1 - r0)
 
 
 class WindowReader:

@@ -52,6 +52,7 @@ class ModelSpec:
     # at the raster's edges: "mirror" the raster (the U-Nets), or "network": the network's own zero padding, as
     # the model's whole-image runs had it (windows crossing an edge run on their part inside the raster)
     edges: str = "mirror"
+    level: str | None = None  # the Sentinel-2 processing level the model reads ("L1C"), where it matters
 
     @property
     def in_channels(self) -> int:
@@ -77,7 +78,7 @@ class ModelSpec:
             },
             "classes": [c.to_dict() for c in self.classes],
             "input": {"bands": list(self.bands), "mean": list(self.mean), "std": list(self.std),
-                      "transform": dict(self.transform)},
+                      "transform": dict(self.transform), **({"level": self.level} if self.level else {})},
             "gsd": self.gsd,
             "alignment": self.alignment,
             "edges": self.edges,
@@ -148,7 +149,8 @@ def parse_spec(doc, where: str = "model file") -> ModelSpec:
                      architecture=arch["name"], gsd=float(gsd) if gsd is not None else None, tile_size=tile,
                      overlap=overlap, training=training, name=name,
                      polygons=_parse_polygons(doc.get("polygons"), classes),
-                     transform=_transform(inp.get("transform")), alignment=alignment, edges=_edges(doc))
+                     transform=_transform(inp.get("transform")), alignment=alignment, edges=_edges(doc),
+                     level=_level(inp.get("level")))
 
 
 def _edges(doc) -> str:
@@ -156,6 +158,12 @@ def _edges(doc) -> str:
     if edges not in ("mirror", "network"):
         raise ModelFileError("The model metadata's edges must be \"mirror\" or \"network\".")
     return edges
+
+
+def _level(level) -> str | None:
+    if level not in (None, "L1C", "L2A"):
+        raise ModelFileError("The model metadata's input.level must be \"L1C\", \"L2A\" or absent.")
+    return level
 
 
 def _bands(bands, n) -> tuple[int | str, ...]:
