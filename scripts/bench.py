@@ -11,6 +11,7 @@
     python scripts/bench.py precision IMAGES [MASKS] [--model FILE]
     python scripts/bench.py parts [--devices cuda:all --single cuda --size 4096]
     python scripts/bench.py cluster [--size 2048 --block-size 1024 --workers 1 2 --precision fp32]
+    python scripts/bench.py dynamic_world STACK_OR_PRODUCT --saved-model DIR   (needs TensorFlow)
 
 Each prints a table and, last, one line of JSON. Rasters are built from the committed
 Dubai fixture, mirrored to fill the size, tiled and compressed like real orthophotos.
@@ -26,17 +27,18 @@ import bench_path
 import bench_polygons
 import bench_precision
 import bench_scale
+import bench_tensorflow
 
 import _common
 
-SUBCOMMANDS = ("memory", "agreement", "throughput", "model", "polygons", "precision", "parts", "cluster", "_child",
-               "_polygons")
+SUBCOMMANDS = ("memory", "agreement", "throughput", "model", "polygons", "precision", "parts", "cluster",
+               "dynamic_world", "_child", "_polygons")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     sub = p.add_subparsers(dest="cmd", required=True)
-    for benches in (bench_engine, bench_precision, bench_scale, bench_polygons):
+    for benches in (bench_engine, bench_precision, bench_scale, bench_polygons, bench_tensorflow):
         benches.add_parsers(sub)
     return p.parse_args(argv)
 
@@ -54,7 +56,8 @@ def main(argv=None) -> int:
     commands = {"memory": bench_engine.cmd_memory, "agreement": bench_engine.cmd_agreement,
                 "throughput": bench_engine.cmd_throughput, "model": bench_engine.cmd_model,
                 "polygons": bench_polygons.cmd_polygons, "precision": bench_precision.cmd_precision,
-                "parts": bench_scale.cmd_parts, "cluster": bench_scale.cmd_cluster}
+                "parts": bench_scale.cmd_parts, "cluster": bench_scale.cmd_cluster,
+                "dynamic_world": bench_tensorflow.cmd_dynamic_world}
     result = commands[args.cmd](args)
     print(json.dumps(result))
     return 0
