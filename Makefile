@@ -27,7 +27,7 @@ define PROFILE_INI
 [PythonPlugins]\nlandcover_plugin=true\n[qgis]\ncheckVersion=false\nshowTips=false\n
 endef
 
-.PHONY: help system venv test test-unit check-cards lint bench demo demo-train stage package deploy undeploy screenshot screenshot-xyz clean print-profiles
+.PHONY: help system venv test test-unit check-cards lint bench demo demo-train stage package deploy undeploy screenshot screenshot-xyz screenshot-sentinel2 clean print-profiles
 
 help:
 	@echo "make demo   classify the sample image with the bundled model into demo_output/"
@@ -126,6 +126,20 @@ screenshot: venv stage
 	cat build/screenshot/screenshot_status.txt
 	$(PY) -c "from PIL import Image; im = Image.open('docs/qgis_screenshot.png').convert('RGB'); \
 	  im.quantize(256, dither=Image.Dither.NONE).save('docs/qgis_screenshot.png', optimize=True)"
+
+# Dynamic World on a real Sentinel-2 L1C scene (SSL4EO-S12, Punjab; CC-BY-4.0): prepared, segmented, styled.
+S2_SCENE ?= ../shared/data/sentinel2/ssl4eo_s12_l1c/0000200/20200604T054639_20200604T054831_T43RCP
+screenshot-sentinel2: venv stage
+	rm -rf $(SHOT_PROFILE) build/screenshot && mkdir -p $(SHOT_PROFILE)/profiles/default/QGIS build/screenshot docs
+	for v in 3 4; do printf '$(PROFILE_INI)' > $(SHOT_PROFILE)/profiles/default/QGIS/QGIS$$v.ini; done
+	QGIS_PLUGINPATH=$(abspath $(STAGE)) PYTHONPATH=$(abspath $(VENV_SITE)) \
+	  LANDCOVER_SENTINEL2=$(abspath $(S2_SCENE)) LANDCOVER_OUT=$(abspath build/screenshot) \
+	  LANDCOVER_SHOT=$(abspath docs/qgis_sentinel2_screenshot.png) \
+	  QT_QPA_PLATFORM=xcb timeout 300 xvfb-run -a -s "-screen 0 1400x900x24" qgis --profiles-path $(abspath $(SHOT_PROFILE)) \
+	  --nologo --noversioncheck --code $(abspath scripts/qgis_screenshot.py) >build/screenshot/qgis.log 2>&1 || true
+	cat build/screenshot/screenshot_status.txt
+	$(PY) -c "from PIL import Image; im = Image.open('docs/qgis_sentinel2_screenshot.png').convert('RGB'); \
+	  im.quantize(256, dither=Image.Dither.NONE).save('docs/qgis_sentinel2_screenshot.png', optimize=True)"
 
 # The same with the sample served as XYZ tiles from 127.0.0.1 (cut at zoom 18, Web Mercator): QGIS classifies
 # the web layer over the sample's extent at 0.55 units a pixel (0.5 m at Dubai's latitude).

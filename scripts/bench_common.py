@@ -50,23 +50,28 @@ def random_model(base_width: int, depth: int, tile: int, overlap: int, seed: int
     return fit_batchnorm(net, x), spec
 
 
-def make_raster(path: str, size: int) -> str:
-    """A size x size RGB GeoTIFF (UTM, 0.5 m) tiled with mirrored copies of the fixture, written block by block."""
+def make_raster(path: str, size: int, source: str = FIXTURE) -> str:
+    """A size x size GeoTIFF tiled with mirrored copies of `source` (the Dubai fixture: UTM, 0.5 m; another
+    raster keeps its bands, names, type and grid), written block by block."""
     import numpy as np
     import rasterio
     from rasterio.transform import from_origin
     from rasterio.windows import Window
 
-    with rasterio.open(FIXTURE) as ds:
-        base = ds.read()
+    with rasterio.open(source) as ds:
+        base, dtype, descriptions, crs, transform, nodata = (ds.read(), ds.dtypes[0], ds.descriptions, ds.crs,
+                                                              ds.transform, ds.nodata)
+    if source == FIXTURE:
+        crs, transform = "EPSG:32640", from_origin(300000, 2800000, 0.5, 0.5)
     tile = np.concatenate([base, base[:, :, ::-1]], axis=2)
-    tile = np.concatenate([tile, tile[:, ::-1]], axis=1)  # 1536 x 1536, seamless when repeated
+    tile = np.concatenate([tile, tile[:, ::-1]], axis=1)  # twice the source each way, seamless when repeated
     th, tw = tile.shape[1:]
-    profile = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs="EPSG:32640",
-                   transform=from_origin(300000, 2800000, 0.5, 0.5), tiled=True, blockxsize=256, blockysize=256,
+    profile = dict(driver="GTiff", width=size, height=size, count=len(base), dtype=dtype, crs=crs,
+                   transform=transform, nodata=nodata, tiled=True, blockxsize=256, blockysize=256,
                    compress="deflate", BIGTIFF="IF_SAFER")
     rows = 512
     with rasterio.open(path, "w", **profile) as dst:
+        dst.descriptions = descriptions
         for r0 in range(0, size, rows):
             n = min(rows, size - r0)
             ri = np.arange(r0, r0 + n) % th

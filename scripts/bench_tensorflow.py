@@ -12,6 +12,8 @@ import sys
 import tempfile
 import time
 
+from bench_common import make_raster, peak_rss_mb
+
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("dynamic_world", help="Dynamic World: our engine against TensorFlow's SavedModel")
@@ -20,6 +22,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="auto")
     p.add_argument("--repeat", type=int, default=1, help="runs of each, the fastest counted")
+    p.add_argument("--size", type=int, help="run on a SIZE x SIZE mosaic of mirrored copies of the stack "
+                                            "(10980: a whole Sentinel-2 tile)")
+    p.add_argument("--no-tensorflow", action="store_true", help="our engine alone: its time and peak memory")
     p.add_argument("--tf-python", default=sys.executable, help="a Python with TensorFlow (default: this one)")
     p.add_argument("--workdir", default=None)
 
@@ -31,7 +36,11 @@ def cmd_dynamic_world(args) -> dict:
     net, spec = load_model(resolve_model_path("dynamic_world"))
     with tempfile.TemporaryDirectory(prefix="landcover-bench-", dir=args.workdir) as tmp:
         stack = _stack(args.input, spec, tmp)
+        if args.size:
+            stack = make_raster(os.path.join(tmp, "mosaic.tif"), args.size, stack)
         ours, labels, res = _ours(stack, net, spec, args, tmp)
+        if args.no_tensorflow:
+            return _ours_alone(res, ours)
         dn = _read(stack, spec)
         tile, overlap = _tiling(spec)
         tf_s, whole = _tensorflow_child(args, _normalised(dn, spec), tile, overlap, tmp)
@@ -48,6 +57,15 @@ def cmd_dynamic_world(args) -> dict:
     return result
 
 
+def _ours_alone(res, seconds: float) -> dict:
+    result = {"bench": "dynamic_world", "megapixels": res.megapixels, "precision": res.precision,
+              "why": res.precision_reason, "ours_s": seconds, "ours_mp_per_s": res.megapixels / seconds,
+              "peak_rss_mb": peak_rss_mb()}
+    print(f"{res.megapixels:.1f} MP, {res.precision} ({res.precision_reason}): {seconds:.1f} s end to end "
+          f"({result['ours_mp_per_s']:.3f} MP/s), peak memory {result['peak_rss_mb']:.0f} MB")
+    return result
+
+
 def _stack(path: str, spec, tmp: str) -> str:
     """`path` itself when it is a raster, else the stack prepare_sentinel2 makes of the product."""
     if os.path.isfile(path) and path.lower().endswith((".tif", ".tiff", ".vrt")):
@@ -61,7 +79,8 @@ def _stack(path: str, spec, tmp: str) -> str:
 
 
 def _ours(stack, net, spec, args, tmp):
-    """Our end-to-end time; the labels unsieved (MIN_AREA 0), to compare the network's with TensorFlow's."""
+    """Our end-to-end time; the labels unsieved (MIN_AREA 0) to compare the network's with TensorFlow's, else
+    with the model's defaults as users run it."""
     import rasterio
 
     from landcover_plugin.core.segment import SegmentOptions, segment
@@ -70,9 +89,12 @@ def _ours(stack, net, spec, args, tmp):
     for i in range(args.repeat):
         started = time.perf_counter()
         res = segment(stack, os.path.join(tmp, f"ours{i}.tif"), (net, spec), log=lambda m: None,
-                      options=SegmentOptions(device=args.device, precision=args.precision, min_area=0))
+                      options=SegmentOptions(device=args.device, precision=args.precision,
+                                             min_area=None if args.no_tensorflow else 0))
         took = time.perf_counter() - started
         best = took if best is None else min(best, took)
+    if args.no_tensorflow:
+        return best, None, res
     with rasterio.open(res.class_path) as ds:
         labels = ds.read(1)
     return best, labels, res

@@ -125,3 +125,36 @@ def test_windows_that_would_start_on_odd_pixels_are_refused(dw, tmp_path):
     with pytest.raises(InputError, match="multiples of 2 pixels"):
         segment(raster, str(tmp_path / "c.tif"), dw, options=SegmentOptions(device="cpu", tile_size=201,
                                                                              overlap=88))
+
+
+def test_large_rasters_run_compiled_with_the_eager_probabilities(dw, tmp_path, monkeypatch):
+    """auto compiles Dynamic World's fp32 network for rasters of 10 MP and more (its Mish passes fused), never the
+    U-Nets, never without a compiler on every machine; the compiled network gives eager fp32's probabilities."""
+    from landcover_plugin.core.model import compiled, quantize
+    from landcover_plugin.core.model.precision import Hardware, decide
+
+    net, spec = dw
+    at = compiled.COMPILE_MIN_PIXELS
+    cpu = Hardware("cpu", False, False, True)
+    assert decide("auto", cpu, net, spec, at).compiled and "compiled" in decide("auto", cpu, net, spec, at).why
+    assert decide("fp32", cpu, net, spec, at).compiled  # asked-for fp32 is fp32 compiled alike
+    assert not decide("auto", cpu, net, spec, at - 1).compiled
+    assert not decide("auto", Hardware("cpu", False, False, False), net, spec, at).compiled  # a worker without g++
+    assert not decide("bf16", cpu, net, spec, at).compiled
+    unet, unet_spec = load_model(resolve_model_path(None))
+    assert not decide("fp32", cpu, unet, unet_spec, 10 * at).compiled
+    if not quantize.compiler_available():
+        pytest.skip("no C++ compiler here")
+    monkeypatch.setenv("LANDCOVER_CACHE_DIR", str(tmp_path))
+    logs = []
+    predictor = Predictor(net, spec.mean, spec.std, blend_weights(128, 60), torch.device("cpu"), 2,
+                          precision="fp32", log=logs.append, compiled=True)
+    assert predictor.compiled is not None and any("Compiling" in m for m in logs)
+    package, ran = predictor.compiled, []
+    predictor.compiled = lambda x: ran.append(tuple(x.shape)) or package(x)
+    ours = predict_probabilities(predictor, FIXTURE["dn"], spec.num_classes, 128, 60)
+    eager = probabilities(dw, FIXTURE["dn"], 128, 60)
+    assert ran and all(s[2:] == (128, 128) for s in ran)  # the full windows ran compiled, the cut ones eagerly
+    assert np.abs(ours - eager).max() < 1e-4
+    assert (ours.argmax(0) == eager.argmax(0)).mean() >= 0.9999
+    assert os.listdir(tmp_path / "fp32")  # kept for the next run

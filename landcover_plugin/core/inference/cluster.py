@@ -229,12 +229,12 @@ def worker_hardware(client, device: str):
 
 
 def _hardware_here(device: str) -> tuple:
-    """A worker's (kind, bf16, int8) for `device`: what precision.Hardware holds."""
+    """A worker's (kind, bf16, int8, compiler) for `device`: what precision.Hardware holds."""
     from ..model.device import resolve_device
     from ..model.precision import Hardware
 
     h = Hardware.of(resolve_device(_worker_device(device)), ask_int8=True)
-    return h.kind, h.bf16, h.int8
+    return h.kind, h.bf16, h.int8, h.compiler
 
 
 def _block(job: PartJob, part: Part, network) -> list:

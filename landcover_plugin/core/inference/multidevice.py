@@ -43,6 +43,7 @@ class PartJob:
     base_width: int  # of the network, for choosing the batch
     tta: bool
     precision: str
+    compiled: bool  # fp32 compiled for the CPU (precision.Decision.compiled)
     classes: int
     plan: object  # sinks.SinkPlan
     network: object
@@ -209,13 +210,13 @@ def run_rows(job: PartJob, part: Part, emit, progress, stop, network=None, predi
     watch = Stopwatch()
     batch = job.batch_size or auto_batch(device, job.tile, job.base_width)
     network = job.network if network is None else network
-    key = (id(network), str(device), batch, job.precision, job.tta, job.tile, job.overlap)
+    key = (id(network), str(device), batch, job.precision, job.compiled, job.tta, job.tile, job.overlap)
     predictor = (predictors or {}).get(key)
     with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"), rasterio.open(job.input_path) as src:
         reader = WindowReader(src, job.bands, job.region, job.scale, job.fill)
         if predictor is None:
             predictor = Predictor(network, job.mean, job.std, blend_weights(job.tile, job.overlap), device, batch,
-                                  job.tta, job.precision)
+                                  job.tta, job.precision, compiled=job.compiled)
             if predictors is not None:  # one kept: a worker given another network has no use for the last
                 predictors.clear()
                 predictors[key] = predictor

@@ -83,8 +83,8 @@ def execution(plan: Plan, spec: ModelSpec, opts: SegmentOptions, network, reader
     decision = decide(opts.precision, hardware, network, spec, reader.width * reader.height)
     here = cluster is None and len(parts) <= 1
     predictor = None
-    if here or decision.precision == "int8":
-        # with parts, an int8 network is compiled (or its fallback chosen) here once, not by every process
+    if here or decision.precision == "int8" or decision.compiled:
+        # with parts, a network is compiled (or its fallback chosen) here once, not by every process
         predictor, decision = make_predictor(network, spec, plan, device, batch, opts, decision, log)
     if cluster is not None:
         where = f"{len(parts)} block(s) on a Dask cluster"
@@ -104,13 +104,17 @@ def make_predictor(network, spec: ModelSpec, plan: Plan, device, batch: int, opt
     weights = blend_weights(plan.tile, plan.overlap)
     try:
         return Predictor(network, spec.mean, spec.std, weights, device, batch, opts.tta, decision.precision,
-                         log), decision
+                         log, compiled=decision.compiled), decision
     except (InputError, Cancelled):
         raise
     except Exception as exc:  # Inductor's compiler can fail on a machine we never saw
-        if decision.precision != "int8":
+        if decision.precision != "int8" and not decision.compiled:
             raise
         why = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
+        if decision.compiled:
+            log(f"The network could not be compiled on this machine ({why}); running it uncompiled.")
+            decision = Decision("fp32", f"{decision.why.split('; compiled')[0]}; compiling failed ({why})")
+            return Predictor(network, spec.mean, spec.std, weights, device, batch, opts.tta, "fp32"), decision
         if opts.precision == "int8":
             raise InputError(f"int8 could not be compiled on this machine ({why}); choose auto, fp32 or "
                              f"bf16.") from None
@@ -179,7 +183,7 @@ class _Rows:
         return PartJob(self.path, plan.bands, plan.region, plan.scale, tuple(spec.mean), tuple(spec.std),
                        neutral_values(spec),
                        plan.tile, plan.overlap, opts.batch_size, spec.base_width, opts.tta, self.ex.precision,
-                       spec.num_classes, sink_plan, self.network)
+                       self.ex.decision.compiled, spec.num_classes, sink_plan, self.network)
 
     def _here(self, sink_plan, write) -> None:
         ex, plan = self.ex, self.plan

@@ -19,6 +19,7 @@ class Hardware:
     kind: str  # "cpu", "cuda", or "mixed" (a cluster of GPU and CPU workers)
     bf16: bool  # bf16 kernels on every CPU (or bf16 on every GPU)
     int8: bool | None  # int8 can run on every CPU (torchao and a C++ compiler); None: this machine, not yet asked
+    compiler: bool | None = None  # a C++ compiler on every machine (compiled fp32); None: this machine's
 
     @staticmethod
     def of(device, ask_int8: bool = False) -> Hardware:
@@ -27,27 +28,41 @@ class Hardware:
         raster should not pay."""
         if device.type == "cuda":
             return Hardware("cuda", bool(torch_or_error().cuda.is_bf16_supported()), False)
-        return Hardware("cpu", cpu_has_bf16(), quantize.int8_available() if ask_int8 else None)
+        return Hardware("cpu", cpu_has_bf16(), quantize.int8_available() if ask_int8 else None,
+                        quantize.compiler_available())
 
     @staticmethod
     def common(each: list[Hardware]) -> Hardware:
         """What every one of several machines has (a cluster's workers)."""
         kinds = {h.kind for h in each}
         return Hardware(kinds.pop() if len(kinds) == 1 else "mixed", all(h.bf16 for h in each),
-                        all(h.int8 for h in each))
+                        all(h.int8 for h in each),
+                        None if any(h.compiler is None for h in each) else all(h.compiler for h in each))
 
 
 @dataclass(frozen=True)
 class Decision:
     precision: str  # fp32, bf16, fp16 or int8
     why: str  # for the log and the report
+    compiled: bool = False  # fp32 on CPUs, the network compiled for this CPU (compiled.py)
 
     def describe(self) -> str:
         return f"{self.precision} ({self.why})"
 
 
 def decide(requested: str, hardware: Hardware, network, spec, pixels: int) -> Decision:
-    """The precision that runs a raster of `pixels` with `network` (from load_model) on `hardware`."""
+    """The precision that runs a raster of `pixels` with `network` (from load_model) on `hardware`, and whether
+    fp32 runs compiled."""
+    from .compiled import COMPILE_MIN_PIXELS, compiled_pays
+
+    decision = _precision(requested, hardware, network, spec, pixels)
+    if decision.precision == "fp32" and hardware.kind == "cpu" and compiled_pays(spec, pixels, hardware.compiler):
+        return Decision("fp32", f"{decision.why}; compiled for this CPU, as for every raster of at least "
+                                f"{COMPILE_MIN_PIXELS / 1e6:g} MP with this network", compiled=True)
+    return decision
+
+
+def _precision(requested: str, hardware: Hardware, network, spec, pixels: int) -> Decision:
     if requested != "auto":
         if hardware.kind == "mixed":
             return Decision(requested, "asked for")

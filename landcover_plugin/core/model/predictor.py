@@ -10,7 +10,7 @@ from .transforms import normalize
 
 class Predictor:
     def __init__(self, network, mean, std, weights: np.ndarray, device, batch_size: int, tta: bool = False,
-                 precision: str = "auto", log=lambda m: None):
+                 precision: str = "auto", log=lambda m: None, compiled: bool = False):
         torch = torch_or_error()
         self.torch = torch
         self.device = device
@@ -29,6 +29,14 @@ class Predictor:
             tile = weights.shape[-1]
             self.int8 = int8_network(network, self.net, tuple(mean), tuple(std), (batch_size, len(mean), tile, tile),
                                      log)
+        self.compiled = None  # fp32 compiled for full windows of batches up to batch_size (compiled.py)
+        if compiled and precision == "fp32" and device.type == "cpu":
+            from .compiled import compiled_network
+
+            tile = weights.shape[-1]
+            self.compiled = compiled_network(network, self.net, tuple(mean), tuple(std),
+                                             (batch_size, len(mean), tile, tile), log)
+            self._compiled_shape = (batch_size, tile, tile)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.weights = torch.from_numpy(weights).to(device)
@@ -95,6 +103,9 @@ class Predictor:
             return probs.float() * self.weights
 
     def _forward(self, x):
+        if self.compiled is not None and x.shape[0] <= self._compiled_shape[0] \
+                and tuple(x.shape[2:]) == self._compiled_shape[1:]:
+            return self.compiled(x.contiguous(memory_format=self.torch.channels_last))
         if self.int8 is None:
             return self.net(x)
         # compiled for batches up to batch_size and channels-last strides, which TTA's turns do not keep

@@ -55,12 +55,12 @@ def faithful(spec) -> bool:
     return isinstance(agreement, (int, float)) and agreement >= INT8_MIN_AGREEMENT
 
 
-def cache_dir() -> str:
-    """Where compiled int8 packages are kept: `int8` in LANDCOVER_CACHE_DIR, else in the user's
+def cache_dir(kind: str = "int8") -> str:
+    """Where compiled packages are kept: `int8` (or `fp32`) in LANDCOVER_CACHE_DIR, else in the user's
     cache folder (~/.cache/landcover_plugin), which outlives a reboot as /tmp does not."""
     base = os.environ.get("LANDCOVER_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "landcover_plugin")
-    return os.path.join(base, "int8")
+    return os.path.join(base, kind)
 
 
 def compiler_available() -> bool:
@@ -93,8 +93,8 @@ def int8_available() -> bool:
     return True
 
 
-def package_path(network, mean, std, shape) -> str:
-    """The cache file of `network`'s int8 package for inputs of `shape`."""
+def package_path(network, mean, std, shape, kind: str = "int8") -> str:
+    """The cache file of `network`'s int8 (or compiled fp32: compiled.py) package for inputs of `shape`."""
     import numpy as np
     import torch
 
@@ -102,17 +102,17 @@ def package_path(network, mean, std, shape) -> str:
     for name, tensor in sorted(network.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().float().cpu().numpy().tobytes())
-    windows = getattr(network, "calibration_windows", None)
+    windows = getattr(network, "calibration_windows", None) if kind == "int8" else None
     h.update(b"" if windows is None else np.ascontiguousarray(windows).tobytes())
     try:
         import torchao
 
-        ao = torchao.__version__
+        ao = torchao.__version__ if kind == "int8" else None
     except ImportError:
         ao = None
-    h.update(json.dumps([SCHEME, PACKAGE, list(mean), list(std), list(shape), torch.__version__, ao,
-                         torch.backends.cpu.get_cpu_capability()]).encode())
-    return os.path.join(cache_dir(), h.hexdigest()[:32] + ".pt2")
+    h.update(json.dumps([SCHEME if kind == "int8" else kind, PACKAGE, list(mean), list(std), list(shape),
+                         torch.__version__, ao, torch.backends.cpu.get_cpu_capability()]).encode())
+    return os.path.join(cache_dir(kind), h.hexdigest()[:32] + ".pt2")
 
 
 # loaded packages by source network and input shape: evaluating many images loads once
@@ -126,19 +126,23 @@ def int8_network(source, fused, mean, std, shape, log=lambda m: None):
     Loaded from the cache where the package exists, else quantized on the calibration windows
     `source` carries, compiled and stored there first.
     """
-    per_shape = _loaded.setdefault(source, {})
     shape = tuple(shape)
-    if shape not in per_shape:
-        path = package_path(source, mean, std, shape)
+    windows = getattr(source, "calibration_windows", None)
+    return cached_package(source, ("int8", shape), package_path(source, mean, std, shape),
+                          lambda path: _compile(fused, windows, mean, std, shape, path), log,
+                          "Quantizing the network to int8 and compiling it for this CPU")
 
-        def compile_package():
-            _compile(fused, getattr(source, "calibration_windows", None), mean, std, shape, path)
 
+def cached_package(source, key, path: str, build, log, doing: str):
+    """The package `path` of `source`, loaded once per process and key; built by `build(path)` first where the
+    cache does not hold it."""
+    per_key = _loaded.setdefault(source, {})
+    if key not in per_key:
         if not os.path.exists(path):
-            log(f"Quantizing the network to int8 and compiling it for this CPU (once; kept in {cache_dir()})...")
-            compile_package()
-        per_shape[shape] = _load(path, compile_package)
-    return per_shape[shape]
+            log(f"{doing} (once; kept in {os.path.dirname(path)})...")
+            build(path)
+        per_key[key] = _load(path, lambda: build(path))
+    return per_key[key]
 
 
 def _load(path: str, recompile):
@@ -165,16 +169,24 @@ def _compile(network, windows, mean, std, shape, path: str) -> None:
                          "choose the auto, fp32 or bf16 precision.")
     import torch
 
+    with torch.no_grad():
+        write_package(quantized(network, windows, mean, std), shape, path)
+
+
+def write_package(module, shape, path: str) -> None:
+    """Compile `module` with AOTInductor for channels-last inputs of `shape` (or a shorter batch) into the
+    package `path`, which appears whole or not at all."""
+    import torch
+
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path[:-4]}.tmp-{os.getpid()}.pt2"  # AOTInductor wants the .pt2 ending
     try:
         with torch.no_grad():
-            converted = quantized(network, windows, mean, std)
             # compiled code assumes its example's memory layout: channels-last, as the engine feeds it
             example = torch.zeros(shape).contiguous(memory_format=torch.channels_last)
             # any batch up to shape's: a raster's last, short batch runs as it is instead of padded
             dynamic = ({0: torch.export.Dim("batch", min=1, max=shape[0])},) if shape[0] > 1 else None
-            program = torch.export.export(converted, (example,), dynamic_shapes=dynamic)
+            program = torch.export.export(module, (example,), dynamic_shapes=dynamic)
             # freezing makes the weights constants, so that Inductor prepacks them for its int8 kernels
             with torch._inductor.config.patch(freezing=True):
                 torch._inductor.aoti_compile_and_package(program, package_path=tmp)

@@ -1,0 +1,33 @@
+"""fp32 inference on CPUs compiled ahead of time, for the networks where eager PyTorch spends its time between
+the convolutions: Dynamic World runs Mish after each of its 24 convolutions, a pass over the feature map each,
+which Inductor fuses into the kernels around it. The inference form (batch norms folded, channels-last) is
+compiled for the engine's full windows into a package kept between runs (quantize.cache_dir("fp32")); windows
+cut at the raster's edges run eagerly. The arithmetic is fp32 as eager's, in another order: probabilities
+within 1e-5 of eager's."""
+from __future__ import annotations
+
+from . import quantize
+
+# Measured on the 2-core development CPU (AVX2, no bf16 kernels), Dynamic World, batches of 2 x 512^2: eager
+# 0.092 MP/s, compiled 0.128 MP/s (2026-12-07); compiling took 16-35 s cold, 10 s with Inductor's caches warm,
+# loading a package ~1 s. So auto compiles from COMPILE_MIN_PIXELS, where the ~3.4 s saved per megapixel has
+# repaid a cold compile; the decision, never the cache, says whether it runs compiled (the map is the same).
+COMPILED_ARCHITECTURES = ("dynamic_world",)
+COMPILE_MIN_PIXELS = 10_000_000
+
+
+def compiled_pays(spec, pixels: int, compiler: bool | None) -> bool:
+    """Whether a CPU run in fp32 compiles the network: an architecture it was measured to help, a raster large
+    enough to repay the compile, and a C++ compiler on every machine that runs it."""
+    if spec.architecture not in COMPILED_ARCHITECTURES or pixels < COMPILE_MIN_PIXELS:
+        return False
+    return quantize.compiler_available() if compiler is None else compiler
+
+
+def compiled_network(source, fused, mean, std, shape, log=lambda m: None):
+    """A callable running `fused` (the inference form of `source`) compiled, on normalised channels-last fp32
+    inputs of `shape` (batch, bands, tile, tile) or a shorter batch."""
+    shape = tuple(shape)
+    return quantize.cached_package(source, ("fp32", shape), quantize.package_path(source, mean, std, shape, "fp32"),
+                                   lambda path: quantize.write_package(fused, shape, path), log,
+                                   "Compiling the network for this CPU")
