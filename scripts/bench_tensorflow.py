@@ -25,6 +25,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--size", type=int, help="run on a SIZE x SIZE mosaic of mirrored copies of the stack "
                                             "(10980: a whole Sentinel-2 tile)")
     p.add_argument("--no-tensorflow", action="store_true", help="our engine alone: its time and peak memory")
+    p.add_argument("--eager", action="store_true", help="never compile the network (compiled.py), whatever the size")
     p.add_argument("--tf-python", default=sys.executable, help="a Python with TensorFlow (default: this one)")
     p.add_argument("--workdir", default=None)
 
@@ -34,6 +35,10 @@ def cmd_dynamic_world(args) -> dict:
     from landcover_plugin.core.model.model_file import load_model
 
     net, spec = load_model(resolve_model_path("dynamic_world"))
+    if args.eager:
+        from landcover_plugin.core.model import compiled
+
+        compiled.COMPILE_MIN_PIXELS = float("inf")
     with tempfile.TemporaryDirectory(prefix="landcover-bench-", dir=args.workdir) as tmp:
         stack = _stack(args.input, spec, tmp)
         if args.size:
@@ -60,9 +65,10 @@ def cmd_dynamic_world(args) -> dict:
 def _ours_alone(res, seconds: float) -> dict:
     result = {"bench": "dynamic_world", "megapixels": res.megapixels, "precision": res.precision,
               "why": res.precision_reason, "ours_s": seconds, "ours_mp_per_s": res.megapixels / seconds,
-              "peak_rss_mb": peak_rss_mb()}
+              "peak_rss_mb": peak_rss_mb(), "stages": res.stages}
     print(f"{res.megapixels:.1f} MP, {res.precision} ({res.precision_reason}): {seconds:.1f} s end to end "
-          f"({result['ours_mp_per_s']:.3f} MP/s), peak memory {result['peak_rss_mb']:.0f} MB")
+          f"({result['ours_mp_per_s']:.3f} MP/s), peak memory {result['peak_rss_mb']:.0f} MB; seconds by stage "
+          + ", ".join(f"{k} {v:.1f}" for k, v in res.stages.items()))
     return result
 
 

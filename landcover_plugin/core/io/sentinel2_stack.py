@@ -62,7 +62,9 @@ def prepare(product: Product, wanted, out_path: str, extent=None, mask_clouds: b
                 result.notes.append(f"Clouds masked as nodata with {product.cloud.description}.")
             else:
                 result.notes.append("No cloud mask applied: " + ("MASK_CLOUDS is off." if product.cloud else
-                                    "the product has none (clouds come out as snow_and_ice, shadows as water)."))
+                                    "the product has no raster cloud mask (L1C before processing baseline 04.00 "
+                                    "keeps its own as GML, which is not read)") + "; clouds come out as "
+                                    "snow_and_ice, their shadows as water.")
             profile = geotiff_profile(grid.width, grid.height, grid.crs, grid.transform, "uint16", NODATA,
                                       count=len(wanted))
             with rasterio.open(tmp, "w", **profile) as dst:

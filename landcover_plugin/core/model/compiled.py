@@ -9,10 +9,12 @@ from __future__ import annotations
 from . import quantize
 
 # Measured on the 2-core development CPU (AVX2, no bf16 kernels), Dynamic World, batches of 2 x 512^2: eager
-# 0.092 MP/s, compiled 0.128 MP/s (2026-12-07); compiling took 16-35 s cold, 10 s with Inductor's caches warm,
-# loading a package ~1 s. So auto compiles from COMPILE_MIN_PIXELS, where the ~3.4 s saved per megapixel has
-# repaid a cold compile; the decision, never the cache, says whether it runs compiled (the map is the same).
+# 0.092 MP/s, compiled 0.128 MP/s, with Mish's one-exp form (dynamic_world.Mish) 0.171 MP/s (2026-12-07).
+# Compiling took 16-35 s cold, 10 s with Inductor's caches warm, loading a package ~1 s. So auto compiles from
+# COMPILE_MIN_PIXELS, where the time saved has repaid a cold compile; the decision, never the cache, says
+# whether it runs compiled (so the map is the same on every run).
 COMPILED_ARCHITECTURES = ("dynamic_world",)
+SCHEME = "fp32, batch norms folded, Mish as x n / (n + 2)"  # in the packages' cache names
 COMPILE_MIN_PIXELS = 10_000_000
 
 
@@ -28,6 +30,6 @@ def compiled_network(source, fused, mean, std, shape, log=lambda m: None):
     """A callable running `fused` (the inference form of `source`) compiled, on normalised channels-last fp32
     inputs of `shape` (batch, bands, tile, tile) or a shorter batch."""
     shape = tuple(shape)
-    return quantize.cached_package(source, ("fp32", shape), quantize.package_path(source, mean, std, shape, "fp32"),
-                                   lambda path: quantize.write_package(fused, shape, path), log,
-                                   "Compiling the network for this CPU")
+    path = quantize.package_path(source, mean, std, shape, "fp32", SCHEME)
+    return quantize.cached_package(source, ("fp32", shape), path, lambda p: quantize.write_package(fused, shape, p),
+                                   log, "Compiling the network for this CPU")

@@ -93,8 +93,9 @@ def int8_available() -> bool:
     return True
 
 
-def package_path(network, mean, std, shape, kind: str = "int8") -> str:
-    """The cache file of `network`'s int8 (or compiled fp32: compiled.py) package for inputs of `shape`."""
+def package_path(network, mean, std, shape, kind: str = "int8", scheme: str = SCHEME) -> str:
+    """The cache file of `network`'s int8 (or compiled fp32: compiled.py) package for inputs of `shape`, built
+    by `scheme` (a package built otherwise is not reused)."""
     import numpy as np
     import torch
 
@@ -110,7 +111,7 @@ def package_path(network, mean, std, shape, kind: str = "int8") -> str:
         ao = torchao.__version__ if kind == "int8" else None
     except ImportError:
         ao = None
-    h.update(json.dumps([SCHEME if kind == "int8" else kind, PACKAGE, list(mean), list(std), list(shape),
+    h.update(json.dumps([scheme, PACKAGE, list(mean), list(std), list(shape),
                          torch.__version__, ao, torch.backends.cpu.get_cpu_capability()]).encode())
     return os.path.join(cache_dir(kind), h.hexdigest()[:32] + ".pt2")
 
