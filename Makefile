@@ -113,54 +113,47 @@ stage:
 	cp metadata.txt $(STAGE)/landcover_plugin/
 
 # QGIS desktop with the plugin enabled, on a virtual screen: runs the algorithm on the sample and saves
-# a screenshot of the styled result into docs/.
+# a screenshot of the styled result into docs/. SHOT_START makes a fresh profile; SHOT_RUN, after the
+# LANDCOVER_* variables of scripts/qgis_screenshot.py, runs QGIS; SHOT_END reports and shrinks $(1).
 SHOT_PROFILE := build/qgis-profile
-screenshot: venv stage
-	rm -rf $(SHOT_PROFILE) build/screenshot && mkdir -p $(SHOT_PROFILE)/profiles/default/QGIS build/screenshot docs
+SHOT_START = rm -rf $(SHOT_PROFILE) build/screenshot && mkdir -p $(SHOT_PROFILE)/profiles/default/QGIS build/screenshot docs && \
 	for v in 3 4; do printf '$(PROFILE_INI)' > $(SHOT_PROFILE)/profiles/default/QGIS/QGIS$$v.ini; done
-	QGIS_PLUGINPATH=$(abspath $(STAGE)) PYTHONPATH=$(abspath $(VENV_SITE)) \
-	  LANDCOVER_INPUT=$(abspath $(DEMO_INPUT)) LANDCOVER_OUT=$(abspath build/screenshot) \
-	  LANDCOVER_SHOT=$(abspath docs/qgis_screenshot.png) \
-	  QT_QPA_PLATFORM=xcb timeout 300 xvfb-run -a -s "-screen 0 1400x900x24" qgis --profiles-path $(abspath $(SHOT_PROFILE)) \
-	  --nologo --noversioncheck --code $(abspath scripts/qgis_screenshot.py) >build/screenshot/qgis.log 2>&1 || true
-	cat build/screenshot/screenshot_status.txt
-	$(PY) -c "from PIL import Image; im = Image.open('docs/qgis_screenshot.png').convert('RGB'); \
-	  im.quantize(256, dither=Image.Dither.NONE).save('docs/qgis_screenshot.png', optimize=True)"
+SHOT_ENV = QGIS_PLUGINPATH=$(abspath $(STAGE)) PYTHONPATH=$(abspath $(VENV_SITE)) LANDCOVER_OUT=$(abspath build/screenshot)
+SHOT_RUN = QT_QPA_PLATFORM=xcb timeout 300 xvfb-run -a -s "-screen 0 1400x900x24" qgis --profiles-path \
+	$(abspath $(SHOT_PROFILE)) --nologo --noversioncheck --code $(abspath scripts/qgis_screenshot.py) \
+	>build/screenshot/qgis.log 2>&1 || true
+SHOT_END = cat build/screenshot/screenshot_status.txt && $(PY) -c "from PIL import Image; \
+	im = Image.open('$(1)').convert('RGB'); im.quantize(256, dither=Image.Dither.NONE).save('$(1)', optimize=True)"
+
+screenshot: venv stage
+	$(SHOT_START)
+	$(SHOT_ENV) LANDCOVER_INPUT=$(abspath $(DEMO_INPUT)) LANDCOVER_SHOT=$(abspath docs/qgis_screenshot.png) $(SHOT_RUN)
+	$(call SHOT_END,docs/qgis_screenshot.png)
 
 # Dynamic World on a real Sentinel-2 L1C scene (SSL4EO-S12, Punjab; CC-BY-4.0): prepared, segmented, styled.
 S2_SCENE ?= ../shared/data/sentinel2/ssl4eo_s12_l1c/0000200/20200604T054639_20200604T054831_T43RCP
 screenshot-sentinel2: venv stage
-	rm -rf $(SHOT_PROFILE) build/screenshot && mkdir -p $(SHOT_PROFILE)/profiles/default/QGIS build/screenshot docs
-	for v in 3 4; do printf '$(PROFILE_INI)' > $(SHOT_PROFILE)/profiles/default/QGIS/QGIS$$v.ini; done
-	QGIS_PLUGINPATH=$(abspath $(STAGE)) PYTHONPATH=$(abspath $(VENV_SITE)) \
-	  LANDCOVER_SENTINEL2=$(abspath $(S2_SCENE)) LANDCOVER_OUT=$(abspath build/screenshot) \
-	  LANDCOVER_SHOT=$(abspath docs/qgis_sentinel2_screenshot.png) \
-	  QT_QPA_PLATFORM=xcb timeout 300 xvfb-run -a -s "-screen 0 1400x900x24" qgis --profiles-path $(abspath $(SHOT_PROFILE)) \
-	  --nologo --noversioncheck --code $(abspath scripts/qgis_screenshot.py) >build/screenshot/qgis.log 2>&1 || true
-	cat build/screenshot/screenshot_status.txt
-	$(PY) -c "from PIL import Image; im = Image.open('docs/qgis_sentinel2_screenshot.png').convert('RGB'); \
-	  im.quantize(256, dither=Image.Dither.NONE).save('docs/qgis_sentinel2_screenshot.png', optimize=True)"
+	$(SHOT_START)
+	$(SHOT_ENV) LANDCOVER_SENTINEL2=$(abspath $(S2_SCENE)) \
+	  LANDCOVER_SHOT=$(abspath docs/qgis_sentinel2_screenshot.png) $(SHOT_RUN)
+	$(call SHOT_END,docs/qgis_sentinel2_screenshot.png)
 
 # The same with the sample served as XYZ tiles from 127.0.0.1 (cut at zoom 18, Web Mercator): QGIS classifies
 # the web layer over the sample's extent at 0.55 units a pixel (0.5 m at Dubai's latitude).
 XYZ_DIR := build/xyz
 XYZ_PORT ?= 8766
 screenshot-xyz: venv stage
-	rm -rf $(SHOT_PROFILE) $(XYZ_DIR) build/screenshot && mkdir -p $(SHOT_PROFILE)/profiles/default/QGIS $(XYZ_DIR) build/screenshot docs
-	for v in 3 4; do printf '$(PROFILE_INI)' > $(SHOT_PROFILE)/profiles/default/QGIS/QGIS$$v.ini; done
+	$(SHOT_START)
+	rm -rf $(XYZ_DIR) && mkdir -p $(XYZ_DIR)
 	gdal_translate -q -a_srs EPSG:32640 -a_ullr 300000 2780000 300384 2779616 $(DEMO_INPUT) $(XYZ_DIR)/sample.tif
 	$(PY) -c "import sys; sys.path.insert(0, 'tests/qgis'); from loopback import cut_tiles; \
 	  l, b, r, t = cut_tiles('$(XYZ_DIR)/sample.tif', '$(XYZ_DIR)/tiles', 18); print(f'{l},{r},{b},{t}')" > $(XYZ_DIR)/extent
 	$(PY) -m http.server $(XYZ_PORT) --bind 127.0.0.1 --directory $(XYZ_DIR)/tiles >/dev/null 2>&1 & echo $$! > $(XYZ_DIR)/server.pid
-	QGIS_PLUGINPATH=$(abspath $(STAGE)) PYTHONPATH=$(abspath $(VENV_SITE)) LANDCOVER_OUT=$(abspath build/screenshot) \
-	  LANDCOVER_XYZ='http://127.0.0.1:$(XYZ_PORT)/%7Bz%7D/%7Bx%7D/%7By%7D.png' LANDCOVER_EXTENT=$$(cat $(XYZ_DIR)/extent) \
-	  LANDCOVER_RESOLUTION=0.55 LANDCOVER_SHOT=$(abspath docs/qgis_xyz_screenshot.png) \
-	  QT_QPA_PLATFORM=xcb timeout 300 xvfb-run -a -s "-screen 0 1400x900x24" qgis --profiles-path $(abspath $(SHOT_PROFILE)) \
-	  --nologo --noversioncheck --code $(abspath scripts/qgis_screenshot.py) >build/screenshot/qgis.log 2>&1 || true
+	$(SHOT_ENV) LANDCOVER_XYZ='http://127.0.0.1:$(XYZ_PORT)/%7Bz%7D/%7Bx%7D/%7By%7D.png' \
+	  LANDCOVER_EXTENT=$$(cat $(XYZ_DIR)/extent) LANDCOVER_RESOLUTION=0.55 \
+	  LANDCOVER_SHOT=$(abspath docs/qgis_xyz_screenshot.png) $(SHOT_RUN)
 	kill $$(cat $(XYZ_DIR)/server.pid) 2>/dev/null || true
-	cat build/screenshot/screenshot_status.txt
-	$(PY) -c "from PIL import Image; im = Image.open('docs/qgis_xyz_screenshot.png').convert('RGB'); \
-	  im.quantize(256, dither=Image.Dither.NONE).save('docs/qgis_xyz_screenshot.png', optimize=True)"
+	$(call SHOT_END,docs/qgis_xyz_screenshot.png)
 
 # the zip as plugins.qgis.org takes it, checked as it checks uploads (size, LICENSE, metadata, QGIS 4 maximum)
 package:

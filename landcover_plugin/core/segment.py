@@ -174,7 +174,7 @@ class _Job:
                                the_plan.overlap, the_plan.scale, region.width, region.height,
                                time.perf_counter() - self.start, self.infer_s, areas, self.warnings,
                                the_plan.geometry.units, self.stage_seconds(the_plan, ran.write_behind), min_area,
-                               simplify, ran.decision.precision, ran.decision.why, ran.run_again)
+                               simplify, ran.decision.precision, ran.decision.reason, ran.run_again)
         self.log(f"Classified {result.megapixels:.2f} MP in {self.infer_s:.1f} s on {ran.device} in "
                  f"{ran.decision.precision}: {result.mp_per_s:.2f} MP/s (batch {ran.batch}, tile {the_plan.tile}, "
                  f"overlap {the_plan.overlap}); whole job {result.seconds:.1f} s.")

@@ -136,7 +136,7 @@ def test_large_rasters_run_compiled_with_the_eager_probabilities(dw, tmp_path, m
     net, spec = dw
     at = compiled.COMPILE_MIN_PIXELS
     cpu = Hardware("cpu", False, False, True)
-    assert decide("auto", cpu, net, spec, at).compiled and "compiled" in decide("auto", cpu, net, spec, at).why
+    assert decide("auto", cpu, net, spec, at).compiled and "compiled" in decide("auto", cpu, net, spec, at).reason
     assert decide("fp32", cpu, net, spec, at).compiled  # asked-for fp32 is fp32 compiled alike
     assert not decide("auto", cpu, net, spec, at - 1).compiled
     assert not decide("auto", Hardware("cpu", False, False, False), net, spec, at).compiled  # a worker without g++

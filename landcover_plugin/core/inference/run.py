@@ -113,7 +113,7 @@ def make_predictor(network, spec: ModelSpec, plan: Plan, device, batch: int, opt
         why = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
         if decision.compiled:
             log(f"The network could not be compiled on this machine ({why}); running it uncompiled.")
-            decision = Decision("fp32", f"{decision.why.split('; compiled')[0]}; compiling failed ({why})")
+            decision = Decision("fp32", f"{decision.why}; compiling failed ({why})")
             return Predictor(network, spec.mean, spec.std, weights, device, batch, opts.tta, "fp32"), decision
         if opts.precision == "int8":
             raise InputError(f"int8 could not be compiled on this machine ({why}); choose auto, fp32 or "
@@ -139,7 +139,7 @@ def run(plan: Plan, spec: ModelSpec, opts: SegmentOptions, network, src, mask_sr
             _open_optional(conf_path, outputs.confidence_profile(**grid)) as conf_ds:
         outputs.write_class_styling(cls_ds, spec.classes)
         cls_ds.update_tags(MODEL=spec.name, DEVICE=ex.device.type, TILE_SIZE=plan.tile, OVERLAP=plan.overlap,
-                           PRECISION=ex.precision, PRECISION_REASON=ex.decision.why)
+                           PRECISION=ex.precision, PRECISION_REASON=ex.decision.reason)
         final = LabelWriter(ids, cls_ds, conf_ds, lambda r, n: read_valid(mask_src, plan.bands, region, r, n),
                             watch)
         if plan.scale == 1.0:

@@ -46,19 +46,28 @@ class Decision:
     why: str  # for the log and the report
     compiled: bool = False  # fp32 on CPUs, the network compiled for this CPU (compiled.py)
 
+    @property
+    def reason(self) -> str:
+        """Why, with how it runs: for the log, the class raster's tags and the report."""
+        if not self.compiled:
+            return self.why
+        from .compiled import COMPILE_MIN_PIXELS
+
+        return (f"{self.why}; compiled for this CPU, as for every raster of at least {COMPILE_MIN_PIXELS / 1e6:g} MP "
+                "with this network")
+
     def describe(self) -> str:
-        return f"{self.precision} ({self.why})"
+        return f"{self.precision} ({self.reason})"
 
 
 def decide(requested: str, hardware: Hardware, network, spec, pixels: int) -> Decision:
     """The precision that runs a raster of `pixels` with `network` (from load_model) on `hardware`, and whether
     fp32 runs compiled."""
-    from .compiled import COMPILE_MIN_PIXELS, compiled_pays
+    from .compiled import compiled_pays
 
     decision = _precision(requested, hardware, network, spec, pixels)
     if decision.precision == "fp32" and hardware.kind == "cpu" and compiled_pays(spec, pixels, hardware.compiler):
-        return Decision("fp32", f"{decision.why}; compiled for this CPU, as for every raster of at least "
-                                f"{COMPILE_MIN_PIXELS / 1e6:g} MP with this network", compiled=True)
+        return Decision("fp32", decision.why, compiled=True)
     return decision
 
 
