@@ -24,7 +24,7 @@ def _prepared(processing, product, out):
     for band, set_enhancement in ((3, renderer.setRedContrastEnhancement), (2, renderer.setGreenContrastEnhancement),
                                   (1, renderer.setBlueContrastEnhancement)):
         enhancement = QgsContrastEnhancement(image.dataProvider().dataType(band))
-        enhancement.setContrastEnhancementAlgorithm(QgsContrastEnhancement.StretchToMinimumMaximum)
+        enhancement.setContrastEnhancementAlgorithm(QgsContrastEnhancement.ContrastEnhancementAlgorithm.StretchToMinimumMaximum)
         enhancement.setMinimumValue(500)
         enhancement.setMaximumValue(2500)
         set_enhancement(enhancement)
