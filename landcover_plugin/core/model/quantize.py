@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import weakref
 
 from ..errors import InputError
@@ -105,6 +106,7 @@ def package_path(network, mean, std, shape, kind: str = "int8", scheme: str = SC
         h.update(tensor.detach().float().cpu().numpy().tobytes())
     windows = getattr(network, "calibration_windows", None) if kind == "int8" else None
     h.update(b"" if windows is None else np.ascontiguousarray(windows).tobytes())
+    h.update(_code_of(network))
     try:
         import torchao
 
@@ -114,6 +116,17 @@ def package_path(network, mean, std, shape, kind: str = "int8", scheme: str = SC
     h.update(json.dumps([scheme, PACKAGE, list(mean), list(std), list(shape),
                          torch.__version__, ao, torch.backends.cpu.get_cpu_capability()]).encode())
     return os.path.join(cache_dir(kind), h.hexdigest()[:32] + ".pt2")
+
+
+def _code_of(network) -> bytes:
+    """The source of the module defining `network`'s class: the graph a package holds is traced from that code,
+    so a plugin whose network code changed (Dynamic World's compiled forms) builds its packages anew."""
+    module = sys.modules.get(type(network).__module__)
+    path = getattr(module, "__file__", None)
+    if not path or not os.path.isfile(path):
+        return type(network).__qualname__.encode()
+    with open(path, "rb") as f:
+        return f.read()
 
 
 # loaded packages by source network and input shape: evaluating many images loads once
