@@ -35,12 +35,32 @@ def probabilities(model, dn, tile, overlap):
 
 @pytest.mark.parametrize("tile,overlap", [(200, 88), (512, 96)])  # four windows with 22 px margins; the default
 def test_tiled_probabilities_match_tensorflow_on_the_whole_chip(dw, tile, overlap):
-    """Edges included: windows crossing the chip's edge run on their part inside it, so the network pads its
-    layers with zeros there as TensorFlow's whole-image run does (the model's edges "network")."""
+    """Edges included: windows crossing the chip's edge (which is smaller than a tile) run on their part inside
+    it, so the network pads its layers with zeros there as TensorFlow's whole-image run does (the model's
+    edges "network")."""
     ours = probabilities(dw, FIXTURE["dn"], tile, overlap)
     theirs = FIXTURE["probabilities"].astype(np.float32)
     assert np.abs(ours - theirs).max() < 1e-3  # TF's output is stored as float16 (5e-4)
     assert (ours.argmax(0) == theirs.argmax(0)).mean() >= 0.999
+
+
+def test_windows_moved_inside_the_raster_score_as_the_cut_ones(dw):
+    """On a raster larger than a tile, where the network is compiled for whole windows, windows crossing its edge
+    are read moved inside it and run whole, in a batch: the same scores as the window cut to its part inside
+    (eagerly, windows are cut: fewer pixels)."""
+    dn = np.pad(FIXTURE["dn"], ((0, 0), (0, 180), (0, 100)), mode="reflect")  # 340 x 260: 4 x 3 windows
+    ran = []
+    net, spec = dw
+    predictor = Predictor(net, spec.mean, spec.std, blend_weights(200, 88), torch.device("cpu"), 2, precision="fp32")
+    inside = predictor._inside
+    predictor._inside = lambda part: ran.append(part.shape) or inside(part)
+    cut = predict_probabilities(predictor, dn, spec.num_classes, 200, 88)
+    assert len(ran) == 11  # all but the one window inside the raster, cut
+    ran.clear()
+    predictor.compiled, predictor._compiled_shape = predictor.net, (2, 200, 200)  # a stand-in: no compiling here
+    moved = predict_probabilities(predictor, dn, spec.num_classes, 200, 88)
+    assert not ran  # every window ran whole
+    assert np.abs(moved - cut).max() < 1e-4 and (moved.argmax(0) == cut.argmax(0)).mean() > 0.9999
 
 
 def test_mirrored_edges_would_differ_there(dw):
@@ -128,7 +148,7 @@ def test_windows_that_would_start_on_odd_pixels_are_refused(dw, tmp_path):
 
 
 def test_large_rasters_run_compiled_with_the_eager_probabilities(dw, tmp_path, monkeypatch):
-    """auto compiles Dynamic World's fp32 network for rasters of 10 MP and more (its Mish passes fused), never the
+    """auto compiles Dynamic World's fp32 network for rasters of 7 MP and more (its Mish passes fused), never the
     U-Nets, never without a compiler on every machine; the compiled network gives eager fp32's probabilities."""
     from landcover_plugin.core.model import compiled, quantize
     from landcover_plugin.core.model.precision import Hardware, decide

@@ -254,7 +254,7 @@ def test_cancel_leaves_no_output(tmp_path, utm_raster, model_file):
 def test_failure_midway_leaves_no_output(tmp_path, utm_raster, model_file, monkeypatch):
     from landcover_plugin.core.model import predictor
 
-    def boom(self, batch):
+    def boom(self, batch, *args):
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(predictor.Predictor, "_run", boom)
@@ -301,10 +301,10 @@ def test_out_of_memory_halves_the_batch(tmp_path, utm_raster, model_file, monkey
 
     original = predictor.Predictor._run
 
-    def picky(self, part):
+    def picky(self, part, *args):
         if len(part) > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return original(self, part)
+        return original(self, part, *args)
 
     monkeypatch.setattr(predictor.Predictor, "_run", picky)
     ref = _read(segment(utm_raster, str(tmp_path / "a.tif"), model_file,

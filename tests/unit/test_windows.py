@@ -66,3 +66,37 @@ def test_bad_overlap_is_refused():
         window_starts(100, 64, 32)
     with pytest.raises(ValueError):
         window_starts(100, 64, -1)
+
+
+def test_windows_crossing_an_edge_are_read_inside_the_raster_where_alignment_allows():
+    from landcover_plugin.core.inference.windows import inside_starts
+
+    starts = window_starts(1000, 512, 96)  # -72, 344, 760
+    assert list(inside_starts(starts, 1000, 512, 2)) == [0, 344, 488]
+    assert list(inside_starts(starts, 1001, 512, 2)) == [0, 344, 760]  # 489 would be odd: it stays, cut
+    assert list(inside_starts(starts, 1000, 512)) == [0, 344, 488]
+    assert list(inside_starts(window_starts(300, 512, 96), 300, 512, 2)) == [-72]  # shorter than a tile
+
+
+def test_nodata_of_integer_rasters_is_read_from_the_values_as_gdal_masks_it(tmp_path):
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from landcover_plugin.core.io.reader import Region, WindowReader
+
+    data = np.random.default_rng(0).integers(1, 5000, (3, 40, 50)).astype(np.uint16)
+    data[1, 5:9, 7:20] = 0  # nodata in one band makes the pixel nodata
+    data[:, 30:, 40:] = 0
+    path = tmp_path / "n.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=50, height=40, count=3, dtype="uint16", nodata=0,
+                       crs="EPSG:32633", transform=from_origin(0, 0, 10, 10)) as ds:
+        ds.write(data)
+    with rasterio.open(path) as ds:
+        reader = WindowReader(ds, [1, 2, 3], Region(0, 0, 50, 40), 1.0, np.full(3, 7.0))
+        assert reader._nodata is not None
+        fast = [reader.read(y, x, 32) for y, x in ((-8, -8), (20, 30), (4, 4))]
+        reader._nodata = None  # GDAL's masks
+        for (y, x), (window, ok) in zip(((-8, -8), (20, 30), (4, 4)), fast):
+            masked, masked_ok = reader.read(y, x, 32)
+            assert ok == masked_ok and np.array_equal(window, masked)
+        assert (fast[2][0][:, 1:5, 3:16] == 7).all() and (fast[2][0][:, 0, :] != 7).all()

@@ -208,7 +208,7 @@ def run_rows(job: PartJob, part: Part, emit, progress, stop, network=None, predi
     if part.threads:
         torch.set_num_threads(part.threads)
     watch = Stopwatch()
-    batch = job.batch_size or auto_batch(device, job.tile, job.base_width)
+    batch = job.batch_size or auto_batch(device, job.tile, job.base_width, job.compiled)
     network = job.network if network is None else network
     key = (id(network), str(device), batch, job.precision, job.compiled, job.tta, job.tile, job.overlap)
     predictor = (predictors or {}).get(key)

@@ -66,8 +66,7 @@ def execution(plan: Plan, spec: ModelSpec, opts: SegmentOptions, network, reader
     torch_or_error()
     names = device_names(opts.device)
     device = resolve_device(names[0])
-    batch = opts.batch_size or auto_batch(device, plan.tile, spec.base_width)
-    if batch < 0:
+    if opts.batch_size < 0:
         raise InputError("The batch size must be 0 (automatic) or positive.")
     cluster = opts.cluster
     if cluster is not None:
@@ -81,6 +80,7 @@ def execution(plan: Plan, spec: ModelSpec, opts: SegmentOptions, network, reader
         parts = split_rows(reader.height, names, outputs.BLOCK) if len(names) > 1 else []
     # once for the whole raster, before it is split: every process and worker gets the decision, not "auto"
     decision = decide(opts.precision, hardware, network, spec, reader.width * reader.height)
+    batch = opts.batch_size or auto_batch(device, plan.tile, spec.base_width, decision.compiled)
     here = cluster is None and len(parts) <= 1
     predictor = None
     if here or decision.precision == "int8" or decision.compiled:

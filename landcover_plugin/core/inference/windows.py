@@ -70,3 +70,15 @@ def strips_for_rows(ys: np.ndarray, row0: int, row_end: int) -> tuple[int, int]:
     first = int(np.searchsorted(ys, row0, side="right")) - 1
     last = int(np.searchsorted(ys, row_end - 1, side="right")) - 1
     return max(0, first - 1), last + 1
+
+
+def inside_starts(starts: np.ndarray, length: int, tile: int, alignment: int = 1) -> np.ndarray:
+    """Where the windows at `starts` are read for a network that treats the raster's edges as its own (a
+    model's edges "network"): a window crossing an edge moves inside the raster, so that it runs at the full
+    size (compiled, in a batch) and not cut to its part inside. Its scores there are the same: its edge is
+    then the raster's, and its other side lies further inside. Windows stay where the raster is shorter than
+    a tile, or where moving would break the model's alignment."""
+    if tile > length:
+        return starts.copy()
+    moved = np.clip(starts, 0, length - tile)
+    return np.where((moved - starts) % alignment == 0, moved, starts)

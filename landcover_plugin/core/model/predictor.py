@@ -1,11 +1,23 @@
 """Run the network on batches of windows and return weighted class probabilities."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from ..errors import InputError
 from .device import BF16_FLOAT_LAYERS, amp_dtype, torch_or_error
 from .transforms import normalize
+
+
+class Crop(NamedTuple):
+    """A window crossing the raster's edge, for a network that sees only the raster: `part` (row0, row1,
+    col0, col1) of the window lies inside the raster; the window read in its place (windows.inside_starts)
+    has row r + shift[0] where the window has row r, and its part `read` inside the raster."""
+
+    part: tuple
+    shift: tuple
+    read: tuple
 
 
 class Predictor:
@@ -43,22 +55,25 @@ class Predictor:
         self.transform = getattr(network, "input_transform", None)
         # windows crossing the raster's edge run on their part inside it (slide passes the crops)
         self.clip_edges = getattr(network, "edges", "mirror") == "network"
+        self.alignment = getattr(network, "multiple", 1)  # where windows may start (inside_starts)
         self._staging = None  # pinned host buffer, reused so that every batch is not pinned anew
         self._copied = None  # CUDA event: the staging buffer's last copy to the device has finished
 
     def __call__(self, batch: np.ndarray, crops=None):
         """batch: (n, bands, tile, tile) of uint8, int16 or float32 -> weighted probabilities, a float32 tensor
-        (n, classes, tile, tile) left on the device for blending there. crops: per window None, or the
-        (row0, row1, col0, col1) of it inside the raster, which alone the network then sees (its scores
-        elsewhere are 0)."""
+        (n, classes, tile, tile) left on the device for blending there. crops: per window None, or its Crop,
+        whose part alone gets scores (0 elsewhere), from the window read in its place (which is batch's)."""
         if crops is not None and any(c is not None for c in crops):
             return self._with_crops(batch, crops)
+        return self._batched(batch, weighted=True)
+
+    def _batched(self, batch: np.ndarray, weighted: bool):
         out = []
         i = 0
         while i < len(batch):
             part = batch[i:i + self.batch_size]
             try:
-                out.append(self._run(part))
+                out.append(self._run(part, weighted))
                 i += len(part)
             except self.torch.cuda.OutOfMemoryError:
                 if self.batch_size == 1:
@@ -69,21 +84,34 @@ class Predictor:
         return self.torch.cat(out) if len(out) > 1 else out[0]
 
     def _with_crops(self, batch: np.ndarray, crops):
-        torch = self.torch
-        whole = [i for i, c in enumerate(crops) if c is None]
-        results = dict(zip(whole, self(batch[whole]))) if whole else {}
-        for i, (r0, r1, c0, c1) in ((i, c) for i, c in enumerate(crops) if c is not None):
-            x = torch.from_numpy(np.ascontiguousarray(batch[i:i + 1, :, r0:r1, c0:c1])).to(self.device)
-            x = normalize(x.float(), self.mean, self.std, self.transform)
-            with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp or torch.float32,
-                                                        enabled=self.amp is not None):
-                probs = self._tta(x) if self.tta else torch.softmax(self.net(x).float(), dim=1)
-            full = torch.zeros((probs.shape[1], *batch.shape[2:]), dtype=torch.float32, device=self.device)
-            full[:, r0:r1, c0:c1] = probs[0].float()
-            results[i] = full * self.weights
+        torch, tile = self.torch, batch.shape[-1]
+        full = (0, tile, 0, tile)
+        batched = [i for i, c in enumerate(crops) if c is None or c.read == full]
+        probs = dict(zip(batched, self._batched(batch[batched], weighted=False))) if batched else {}
+        results = {}
+        for i, crop in enumerate(crops):
+            if crop is None:
+                results[i] = probs[i] * self.weights
+                continue
+            (r0, r1, c0, c1), (dy, dx), (q0, q1, p0, p1) = crop
+            p = probs[i] if i in probs else self._inside(batch[i:i + 1, :, q0:q1, p0:p1])
+            scores = torch.zeros((p.shape[0], tile, tile), dtype=torch.float32, device=self.device)
+            # p covers the read window's rows q0.., the window's row r is the read window's r + dy
+            scores[:, r0:r1, c0:c1] = p[:, r0 + dy - q0:r1 + dy - q0, c0 + dx - p0:c1 + dx - p0]
+            results[i] = scores * self.weights
         return torch.stack([results[i] for i in range(len(batch))])
 
-    def _run(self, part: np.ndarray) -> np.ndarray:
+    def _inside(self, part: np.ndarray):
+        """Probabilities (classes, h, w) of one window's part inside the raster, run at its own size."""
+        torch = self.torch
+        x = torch.from_numpy(np.ascontiguousarray(part)).to(self.device)
+        x = normalize(x.float(), self.mean, self.std, self.transform).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp or torch.float32,
+                                                    enabled=self.amp is not None):
+            probs = self._tta(x) if self.tta else torch.softmax(self.net(x).float(), dim=1)
+        return probs[0].float()
+
+    def _run(self, part: np.ndarray, weighted: bool = True):
         torch = self.torch
         x = torch.from_numpy(np.ascontiguousarray(part))
         if self.device.type == "cuda":
@@ -100,7 +128,7 @@ class Predictor:
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp or torch.float32,
                                                     enabled=self.amp is not None):
             probs = self._tta(x) if self.tta else torch.softmax(self._forward(x).float(), dim=1)
-            return probs.float() * self.weights
+            return probs.float() * self.weights if weighted else probs.float()
 
     def _forward(self, x):
         if self.compiled is not None and x.shape[0] <= self._compiled_shape[0] \
