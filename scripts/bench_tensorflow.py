@@ -43,16 +43,17 @@ def cmd_dynamic_world(args) -> dict:
         stack = _stack(args.input, spec, tmp)
         if args.size:
             stack = make_raster(os.path.join(tmp, "mosaic.tif"), args.size, stack)
-        ours, labels, res = _ours(stack, net, spec, args, tmp)
+        runs, labels, res = _ours(stack, net, spec, args, tmp)
+        ours = min(runs)
         if args.no_tensorflow:
-            return _ours_alone(res, ours)
+            return _ours_alone(res, runs)
         dn = _read(stack, spec)
         tile, overlap = _tiling(spec)
         tf_s, whole = _tensorflow_child(args, _normalised(dn, spec), tile, overlap, tmp)
     pixels = dn.shape[1] * dn.shape[2]
     valid = labels != 255
     result = {"bench": "dynamic_world", "megapixels": pixels / 1e6, "precision": res.precision,
-              "tile": tile, "overlap": overlap, "ours_s": ours, "tensorflow_windows_s": tf_s,
+              "tile": tile, "overlap": overlap, "ours_s": ours, "ours_runs_s": runs, "tensorflow_windows_s": tf_s,
               "ours_mp_per_s": pixels / 1e6 / ours, "tensorflow_mp_per_s": pixels / 1e6 / tf_s,
               "speedup": tf_s / ours, "labels_vs_tensorflow_whole_image": float((labels == whole)[valid].mean())}
     print(f"{pixels / 1e6:.2f} MP, {tile} px windows, overlap {overlap}, {res.precision}: ours end to end "
@@ -62,9 +63,11 @@ def cmd_dynamic_world(args) -> dict:
     return result
 
 
-def _ours_alone(res, seconds: float) -> dict:
+def _ours_alone(res, runs: list) -> dict:
+    seconds = min(runs)
     result = {"bench": "dynamic_world", "megapixels": res.megapixels, "precision": res.precision,
-              "why": res.precision_reason, "ours_s": seconds, "ours_mp_per_s": res.megapixels / seconds,
+              "why": res.precision_reason, "ours_s": seconds, "ours_runs_s": runs,
+              "ours_mp_per_s": res.megapixels / seconds,
               "peak_rss_mb": peak_rss_mb(), "stages": res.stages}
     print(f"{res.megapixels:.1f} MP, {res.precision} ({res.precision_reason}): {seconds:.1f} s end to end "
           f"({result['ours_mp_per_s']:.3f} MP/s), peak memory {result['peak_rss_mb']:.0f} MB; seconds by stage "
@@ -91,19 +94,20 @@ def _ours(stack, net, spec, args, tmp):
 
     from landcover_plugin.core.segment import SegmentOptions, segment
 
-    best, res = None, None
+    res, runs = None, []
     for i in range(args.repeat):
         started = time.perf_counter()
         res = segment(stack, os.path.join(tmp, f"ours{i}.tif"), (net, spec), log=lambda m: None,
                       options=SegmentOptions(device=args.device, precision=args.precision,
                                              min_area=None if args.no_tensorflow else 0))
-        took = time.perf_counter() - started
-        best = took if best is None else min(best, took)
+        runs.append(time.perf_counter() - started)
+    # the first run compiles where the network is compiled and its package not cached yet: all runs are shown
+    print("ours, every run: " + ", ".join(f"{t:.1f} s" for t in runs))
     if args.no_tensorflow:
-        return best, None, res
+        return runs, None, res
     with rasterio.open(res.class_path) as ds:
         labels = ds.read(1)
-    return best, labels, res
+    return runs, labels, res
 
 
 def _tiling(spec):

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 from . import quantize
 
-# Measured on the 2-core development CPU (AVX2, no bf16 kernels), Dynamic World, batches of 2 x 512^2: eager
-# 0.092 MP/s, compiled 0.128 MP/s, with Mish's one-exp form (dynamic_world.Mish) 0.171 MP/s (2026-12-07).
-# Compiling took 16-35 s cold, 10 s with Inductor's caches warm, loading a package ~1 s. So auto compiles from
-# COMPILE_MIN_PIXELS, where the time saved has repaid a cold compile; the decision, never the cache, says
-# whether it runs compiled (so the map is the same on every run).
+# Measured on the 2-core development CPU (AVX2, no bf16 kernels), Dynamic World's network alone on 512 px
+# windows: eager 0.092 MP/s; compiled 0.128, with Mish's one-exp form (dynamic_world.Mish) 0.171, without the
+# full-size map before the head (dynamic_world.upsampled_head) and with the downsample's taps fused 0.222, one
+# window a pass (device.auto_batch) 0.289 (2026-12-08). End to end on a 3.0 MP raster: eager 35.1 s, compiled
+# 18.9 s with the package cached, 54.8 s with every cache empty (compiling 36 s). So auto compiles from
+# COMPILE_MIN_PIXELS, where the time saved (5.4 s a MP) has repaid a cold compile; the decision, never the
+# cache, says whether it runs compiled (so the map is the same on every run).
 COMPILED_ARCHITECTURES = ("dynamic_world",)
 SCHEME = "fp32, batch norms folded, Mish as x n / (n + 2)"  # in the packages' cache names
-COMPILE_MIN_PIXELS = 10_000_000
+COMPILE_MIN_PIXELS = 7_000_000
 
 
 def compiled_pays(spec, pixels: int, compiler: bool | None) -> bool:
