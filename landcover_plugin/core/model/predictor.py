@@ -103,18 +103,12 @@ class Predictor:
 
     def _inside(self, part: np.ndarray):
         """Probabilities (classes, h, w) of one window's part inside the raster, run at its own size."""
-        torch = self.torch
-        x = torch.from_numpy(np.ascontiguousarray(part)).to(self.device)
-        x = normalize(x.float(), self.mean, self.std, self.transform).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp or torch.float32,
-                                                    enabled=self.amp is not None):
-            probs = self._tta(x) if self.tta else torch.softmax(self.net(x).float(), dim=1)
-        return probs[0].float()
+        return self._run(part, weighted=False)[0]
 
     def _run(self, part: np.ndarray, weighted: bool = True):
         torch = self.torch
         x = torch.from_numpy(np.ascontiguousarray(part))
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and tuple(x.shape[2:]) == tuple(self.weights.shape):
             if self._staging is None or self._staging.shape[1:] != x.shape[1:] or len(self._staging) < len(x):
                 self._staging = torch.empty((max(len(x), self.batch_size), *x.shape[1:]), pin_memory=True)
             if self._copied is not None:
@@ -124,7 +118,8 @@ class Predictor:
             x = staged.to(self.device, non_blocking=True)
             self._copied = torch.cuda.Event()
             self._copied.record()
-        x = normalize(x.float(), self.mean, self.std, self.transform).contiguous(memory_format=torch.channels_last)
+        x = normalize(x.to(self.device).float(), self.mean, self.std, self.transform)
+        x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp or torch.float32,
                                                     enabled=self.amp is not None):
             probs = self._tta(x) if self.tta else torch.softmax(self._forward(x).float(), dim=1)
@@ -134,7 +129,7 @@ class Predictor:
         if self.compiled is not None and x.shape[0] <= self._compiled_shape[0] \
                 and tuple(x.shape[2:]) == self._compiled_shape[1:]:
             return self.compiled(x.contiguous(memory_format=self.torch.channels_last))
-        if self.int8 is None:
+        if self.int8 is None or tuple(x.shape[2:]) != tuple(self.weights.shape):  # a window cut at the edge
             return self.net(x)
         # compiled for batches up to batch_size and channels-last strides, which TTA's turns do not keep
         return self.int8(x.contiguous(memory_format=self.torch.channels_last))
