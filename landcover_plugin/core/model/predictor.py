@@ -53,7 +53,8 @@ class Predictor:
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.weights = torch.from_numpy(weights).to(device)
         self.transform = getattr(network, "input_transform", None)
-        # windows crossing the raster's edge run on their part inside it (slide passes the crops)
+        # windows crossing the raster's edge score only their part inside it (slide passes the crops: cut, or
+        # read moved inside the raster where the network is compiled for whole windows)
         self.clip_edges = getattr(network, "edges", "mirror") == "network"
         self.alignment = getattr(network, "multiple", 1)  # where windows may start (inside_starts)
         self._staging = None  # pinned host buffer, reused so that every batch is not pinned anew
